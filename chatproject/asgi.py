@@ -1,0 +1,31 @@
+"""ASGI entry point: HTTP through Django behind a body-size guard; WebSockets through Channels."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
+
+# Django must be set up before anything imports models.
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from chatproject.limits import BodySizeLimit  # noqa: E402
+from messaging.uploads import upload_request_limit_bytes  # noqa: E402
+
+_UPLOAD_PATHS = ("/api/v1/files/", "/upload")
+
+
+def _limit_for_path(path: str) -> int:
+    if path.startswith(_UPLOAD_PATHS):
+        return upload_request_limit_bytes()
+    return int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+
+
+application = ProtocolTypeRouter(
+    {"http": BodySizeLimit(django_asgi_app, limit_for_path=_limit_for_path)}
+)

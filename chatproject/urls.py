@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+from django.views.generic import TemplateView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+handler404 = "chatproject.api.json_404"
+handler500 = "chatproject.api.json_500"
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers. Cheap on purpose: load balancers call it often."""
+    return JsonResponse({"status": "ok"})
+
+
+api_v1 = [
+    path("", include("threads.urls")),
+    path("", include("messaging.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]
+
+urlpatterns = [
+    path("", TemplateView.as_view(template_name="index.html"), name="home"),
+    path("healthz", healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+]

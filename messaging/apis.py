@@ -1,0 +1,247 @@
+"""REST interface for messages and files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.files.storage import FileSystemStorage
+from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import MemoryFileUploadHandler, TemporaryFileUploadHandler
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from chatproject.api import StrictInputSerializer, query_int
+from messaging import selectors, services
+from messaging.models import File, Message
+from messaging.uploads import SizeLimitUploadHandler, too_large, upload_request_limit_bytes
+from threads.errors import Invalid
+from threads.ids import ID_MAX_LENGTH
+from threads.permissions import Perm
+from threads.selectors import access_thread
+
+MAX_META_KEYS = 50
+
+
+class MessageOutput(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.CharField()
+    threadId = serializers.CharField(source="thread_id")
+    seq = serializers.IntegerField()
+    userId = serializers.CharField(source="author_id", allow_null=True)
+    text = serializers.CharField()
+    fileIds = serializers.SerializerMethodField()
+    meta = serializers.JSONField()
+    status = serializers.CharField()
+    edited = serializers.BooleanField()
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+
+    def get_fileIds(self, message: Message) -> list[str]:  # noqa: N802 - the wire name
+        return [file.pk for file in message.files.all()]
+
+
+class FileOutput(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.CharField()
+    name = serializers.CharField()
+    contentType = serializers.CharField(source="content_type")
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    ownerId = serializers.CharField(source="owner_id")
+    createdAt = serializers.DateTimeField(source="created_at")
+    url = serializers.SerializerMethodField()
+
+    def get_url(self, file: File) -> str:
+        return f"/api/v1/files/{file.pk}/content/"
+
+
+class _MetaField(serializers.JSONField):
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict) or len(data) > MAX_META_KEYS:
+            raise serializers.ValidationError(f"An object with at most {MAX_META_KEYS} keys.")
+        return super().to_internal_value(data)
+
+
+class ThreadMessagesApi(APIView):
+    class InputSerializer(StrictInputSerializer):
+        id = serializers.CharField(required=False, max_length=ID_MAX_LENGTH)
+        text = serializers.CharField(allow_blank=True, trim_whitespace=False)
+        fileIds = serializers.ListField(
+            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            required=False,
+            max_length=services.MAX_FILES_PER_MESSAGE,
+        )
+        meta = _MetaField(required=False)
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if not attrs.get("text", "").strip() and not attrs.get("fileIds"):
+                raise serializers.ValidationError({"text": ["A message needs text or files."]})
+            return attrs
+
+    class PageOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+        messages = MessageOutput(many=True)
+        hasOlder = serializers.BooleanField()
+        hasNewer = serializers.BooleanField()
+        before = serializers.IntegerField(allow_null=True, help_text="Cursor for older messages.")
+        after = serializers.IntegerField(allow_null=True, help_text="Cursor for newer messages.")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("before", int, description="Messages older than this seq."),
+            OpenApiParameter("after", int, description="Messages newer than this seq."),
+            OpenApiParameter("limit", int, description="1-200, default 50."),
+        ],
+        responses=PageOutputSerializer,
+        summary="A page of a thread's messages, oldest first (keyset on seq)",
+    )
+    def get(self, request: Request, thread_id: str) -> Response:
+        thread = access_thread(user=request.user, thread_id=thread_id, perm=Perm.MESSAGE_VIEW)
+        params = request.query_params
+        page = selectors.message_page(
+            thread=thread,
+            before=query_int(params, "before"),
+            after=query_int(params, "after"),
+            limit=query_int(params, "limit", default=50, minimum=1) or 50,
+        )
+        first = page.messages[0].seq if page.messages else None
+        last = page.messages[-1].seq if page.messages else None
+        after_cursor = last if last is not None else query_int(params, "after")
+        return Response(
+            {
+                "messages": MessageOutput(page.messages, many=True).data,
+                "hasOlder": page.has_older,
+                "hasNewer": page.has_newer,
+                "before": first if page.has_older else None,
+                "after": after_cursor,
+            }
+        )
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: MessageOutput, 200: MessageOutput},
+        summary="Post a message (a retried post with the same id returns the first)",
+    )
+    def post(self, request: Request, thread_id: str) -> Response:
+        thread = access_thread(user=request.user, thread_id=thread_id, perm=Perm.MESSAGE_CREATE)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = serializer.validated_data
+        message, created = services.message_post(
+            thread=thread,
+            author=request.user,
+            text=data["text"],
+            file_ids=data.get("fileIds", []),
+            meta=data.get("meta"),
+            message_id=data.get("id"),
+        )
+        return Response(
+            MessageOutput(message).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class MessageDetailApi(APIView):
+    class InputSerializer(StrictInputSerializer):
+        text = serializers.CharField(allow_blank=False, trim_whitespace=False)
+
+    @extend_schema(responses=MessageOutput, summary="Read a message")
+    def get(self, request: Request, message_id: str) -> Response:
+        message = selectors.access_message(
+            user=request.user, message_id=message_id, perm=Perm.MESSAGE_VIEW
+        )
+        return Response(MessageOutput(message).data)
+
+    @extend_schema(request=InputSerializer, responses=MessageOutput, summary="Edit (author only)")
+    def patch(self, request: Request, message_id: str) -> Response:
+        message = selectors.access_message(
+            user=request.user, message_id=message_id, perm=Perm.MESSAGE_EDIT
+        )
+        selectors.require_message_editor(user=request.user, message=message)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        message = services.message_edit(message=message, text=serializer.validated_data["text"])
+        return Response(MessageOutput(message).data)
+
+    @extend_schema(responses={204: None}, summary="Delete (author, thread owner or admin)")
+    def delete(self, request: Request, message_id: str) -> Response:
+        message = selectors.access_message(
+            user=request.user, message_id=message_id, perm=Perm.MESSAGE_DELETE
+        )
+        selectors.require_message_deleter(user=request.user, message=message)
+        services.message_delete(message=message)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class FileUploadApi(APIView):
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+        responses={201: FileOutput},
+        summary="Upload a file (multipart field `file`); over MAX_FILE_SIZE_MB is 413",
+    )
+    def post(self, request: Request) -> Response:
+        # Refuse by the declared length before reading a byte of the body; the handler below
+        # catches bodies that lie about their length or do not declare one.
+        declared = query_int(request.META, "CONTENT_LENGTH", default=0) or 0
+        if declared > upload_request_limit_bytes():
+            raise too_large()
+        request.upload_handlers = [
+            SizeLimitUploadHandler(request),
+            MemoryFileUploadHandler(request),
+            TemporaryFileUploadHandler(request),
+        ]
+        upload = request.FILES.get("file")
+        if not isinstance(upload, UploadedFile):
+            raise Invalid("Send the file in a multipart field named 'file'.", fields={"file": ["Required."]})
+        file = services.file_create(
+            owner=request.user,
+            name=upload.name or "file",
+            claimed_type=upload.content_type or "",
+            stream=upload,
+            size=upload.size or 0,
+        )
+        return Response(FileOutput(file).data, status=status.HTTP_201_CREATED)
+
+
+class FileDetailApi(APIView):
+    @extend_schema(responses=FileOutput, summary="A file's metadata")
+    def get(self, request: Request, file_id: str) -> Response:
+        return Response(FileOutput(selectors.access_file(user=request.user, file_id=file_id)).data)
+
+
+class FileContentApi(APIView):
+    @extend_schema(responses={(200, "application/octet-stream"): bytes}, summary="Download")
+    def get(self, request: Request, file_id: str) -> HttpResponse:
+        file = selectors.access_file(user=request.user, file_id=file_id)
+        storage = file.content.storage
+        if not isinstance(storage, FileSystemStorage):
+            # Object storage: hand the client a short-lived presigned URL instead of proxying.
+            return HttpResponseRedirect(
+                storage.url(
+                    file.content.name,
+                    parameters={
+                        "ResponseContentDisposition": f'attachment; filename="{file.pk}"',
+                        "ResponseContentType": file.content_type,
+                    },
+                )
+            )
+        response = FileResponse(
+            file.content.open("rb"),
+            as_attachment=True,
+            filename=file.name,
+            content_type=file.content_type,
+        )
+        # Even a file that is really HTML or SVG must never run in our origin.
+        response["Content-Security-Policy"] = "sandbox; default-src 'none'"
+        response["X-Content-Type-Options"] = "nosniff"
+        return response

@@ -1,0 +1,111 @@
+"""Reads for messages and files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from django.db.models import Q, QuerySet
+
+from messaging.models import File, Message
+from threads.errors import Forbidden, Invalid, NotFound
+from threads.models import Thread, ThreadMembership, User
+from threads.permissions import Perm, has_perm, require_perm
+from threads.selectors import access_thread, is_thread_owner
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser
+
+MESSAGE_NOT_FOUND = "Message not found."
+FILE_NOT_FOUND = "File not found."
+MAX_PAGE_SIZE = 200
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    messages: list[Message]
+    has_older: bool
+    has_newer: bool
+
+
+def _messages(thread: Thread) -> QuerySet[Message]:
+    return Message.objects.filter(thread=thread).prefetch_related("files")
+
+
+def message_page(
+    *, thread: Thread, before: int | None = None, after: int | None = None, limit: int = 50
+) -> MessagePage:
+    """A page of messages, oldest first, walked by the (thread, seq) index in either direction.
+
+    No cursor: the newest `limit`. `before=S`: the `limit` messages just older than seq S.
+    `after=S`: the `limit` messages just newer than S. Each page costs one index range scan,
+    whatever its depth.
+    """
+    if before is not None and after is not None:
+        raise Invalid("Give before or after, not both.", fields={"before": ["Not with after."]})
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise Invalid(f"limit must be 1 to {MAX_PAGE_SIZE}.", fields={"limit": ["Out of range."]})
+    queryset = _messages(thread)
+    if after is not None:
+        rows = list(queryset.filter(seq__gt=after).order_by("seq")[: limit + 1])
+        has_newer = len(rows) > limit
+        rows = rows[:limit]
+        has_older = after > 0 and Message.objects.filter(thread=thread, seq__lte=after).exists()
+        return MessagePage(messages=rows, has_older=has_older, has_newer=has_newer)
+    if before is not None:
+        queryset = queryset.filter(seq__lt=before)
+    rows = list(queryset.order_by("-seq")[: limit + 1])
+    has_older = len(rows) > limit
+    rows = rows[:limit]
+    rows.reverse()
+    has_newer = before is not None and Message.objects.filter(thread=thread, seq__gte=before).exists()
+    return MessagePage(messages=rows, has_older=has_older, has_newer=has_newer)
+
+
+def access_message(*, user: User | AnonymousUser, message_id: str, perm: Perm) -> Message:
+    """The message, if the user may `perm` it in its thread; one 404 for missing and not yours."""
+    require_perm(user, perm)
+    thread_id = Message.objects.filter(pk=message_id).values_list("thread_id", flat=True).first()
+    if thread_id is None:
+        raise NotFound(MESSAGE_NOT_FOUND)
+    try:
+        access_thread(user=user, thread_id=thread_id, perm=perm)
+    except NotFound:
+        raise NotFound(MESSAGE_NOT_FOUND) from None
+    return _messages_by_id(message_id)
+
+
+def _messages_by_id(message_id: str) -> Message:
+    return Message.objects.select_related("thread").prefetch_related("files").get(pk=message_id)
+
+
+def require_message_editor(*, user: User, message: Message) -> None:
+    """Only the author edits a message."""
+    if message.author_id is None or message.author_id != user.pk:
+        raise Forbidden("Only the author can edit this message.")
+
+
+def require_message_deleter(*, user: User, message: Message) -> None:
+    """The author, the thread's owner or an admin may delete a message."""
+    if user.is_admin or (message.author_id is not None and message.author_id == user.pk):
+        return
+    if not is_thread_owner(thread=message.thread, user=user):
+        raise Forbidden("Only the author, the thread's owner or an admin can delete this message.")
+
+
+def access_file(*, user: User | AnonymousUser, file_id: str) -> File:
+    """A file its owner, a member of a thread it is attached to, or an admin may read."""
+    if not user.is_authenticated:
+        raise NotFound(FILE_NOT_FOUND)
+    queryset = File.objects.filter(pk=file_id)
+    if not (isinstance(user, User) and user.is_admin):
+        access = Q(owner=user)
+        # Reaching a file through a thread is reading that thread's messages.
+        if has_perm(user, Perm.MESSAGE_VIEW):
+            member_threads = ThreadMembership.objects.filter(user=user).values("thread_id")
+            access |= Q(messages__thread_id__in=member_threads)
+        queryset = queryset.filter(access).distinct()
+    file = queryset.first()
+    if file is None:
+        raise NotFound(FILE_NOT_FOUND)
+    return file

@@ -1,0 +1,188 @@
+"""Writes for messages and files."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.files import File as DjangoFile
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from messaging.filetypes import resolve_content_type
+from messaging.models import File, Message
+from threads.errors import Conflict, Invalid, TooLarge
+from threads.ids import is_valid_client_id
+from threads.models import Thread, User
+
+MAX_FILES_PER_MESSAGE = 20
+_HASH_CHUNK = 1024 * 1024
+
+
+def _check_text(text: str) -> None:
+    if len(text) > settings.MAX_MESSAGE_CHARS:
+        raise Invalid(
+            f"Message text is longer than {settings.MAX_MESSAGE_CHARS} characters.",
+            fields={"text": [f"At most {settings.MAX_MESSAGE_CHARS} characters."]},
+        )
+
+
+def _files_resolve(*, author: User | None, file_ids: Sequence[str]) -> list[File]:
+    """The files to attach. A user attaches only their own files: attaching is what grants a
+    thread's members access, so attaching someone else's file would leak it."""
+    unique_ids = list(dict.fromkeys(file_ids))
+    if len(unique_ids) > MAX_FILES_PER_MESSAGE:
+        raise Invalid(
+            f"At most {MAX_FILES_PER_MESSAGE} files per message.",
+            fields={"fileIds": [f"At most {MAX_FILES_PER_MESSAGE} files."]},
+        )
+    if not unique_ids:
+        return []
+    files = list(File.objects.filter(pk__in=unique_ids, owner=author)) if author else []
+    missing = sorted(set(unique_ids) - {file.pk for file in files})
+    if missing:
+        raise Invalid("Unknown file ids.", fields={"fileIds": missing})
+    by_id = {file.pk: file for file in files}
+    return [by_id[file_id] for file_id in unique_ids]
+
+
+def message_post(
+    *,
+    thread: Thread,
+    author: User | None,
+    text: str,
+    file_ids: Sequence[str] = (),
+    meta: dict[str, Any] | None = None,
+    status: str = Message.Status.COMPLETE,
+    message_id: str | None = None,
+) -> tuple[Message, bool]:
+    """Append a message to `thread`; return (message, created).
+
+    The thread row is locked while the next sequence number is taken, so seq is strictly
+    increasing within a thread even under concurrent posts. A retried post with the same
+    client id by the same author returns the first message instead of a duplicate.
+    """
+    _check_text(text)
+    if message_id is not None and not is_valid_client_id(message_id):
+        raise Invalid("Invalid message id.", fields={"id": ["Invalid id."]})
+    if message_id:
+        existing = Message.objects.filter(pk=message_id).first()
+        if existing is not None:
+            if existing.thread_id == thread.pk and existing.author_id == (author.pk if author else None):
+                return existing, False
+            raise Conflict("This message id is already in use.", fields={"id": [message_id]})
+    files = _files_resolve(author=author, file_ids=file_ids)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            # The UPDATE takes the row lock that serialises concurrent posts to this thread;
+            # the read after it sees our own increment.
+            Thread.objects.filter(pk=thread.pk).update(
+                last_message_seq=F("last_message_seq") + 1, last_activity_at=now
+            )
+            seq = Thread.objects.filter(pk=thread.pk).values_list("last_message_seq", flat=True).get()
+            message = Message(
+                thread=thread,
+                author=author,
+                seq=seq,
+                text=text,
+                meta=meta or {},
+                status=status,
+                created_at=now,
+            )
+            if message_id:
+                message.pk = message_id
+            message.save(force_insert=True)
+            if files:
+                message.files.set(files)
+    except IntegrityError as exc:  # a concurrent post with the same client id won the race
+        raise Conflict("This message id is already in use.", fields={"id": [message_id]}) from exc
+    thread.last_message_seq = seq
+    thread.last_activity_at = now
+    return message, True
+
+
+def message_edit(*, message: Message, text: str) -> Message:
+    _check_text(text)
+    message.text = text
+    message.edited = True
+    message.save(update_fields=["text", "edited", "updated_at"])
+    return message
+
+
+def message_delete(*, message: Message) -> None:
+    message.delete()
+
+
+def file_create(
+    *, owner: User, name: str, claimed_type: str, stream: IO[bytes], size: int
+) -> File:
+    """Store an upload. The caller has already bounded the size; it is checked again here."""
+    limit = settings.MAX_FILE_SIZE_MB * 1024 * 1024
+    if size > limit:
+        raise TooLarge(f"Files are limited to {settings.MAX_FILE_SIZE_MB} MB.")
+    if size == 0:
+        raise Invalid("The file is empty.", fields={"file": ["The file is empty."]})
+    clean_name = _clean_file_name(name)
+    content_type = resolve_content_type(
+        name=clean_name, claimed=claimed_type, stream=stream, size=size
+    )
+    digest = hashlib.sha256()
+    stream.seek(0)
+    while chunk := stream.read(_HASH_CHUNK):
+        digest.update(chunk)
+    stream.seek(0)
+    file = File(
+        owner=owner,
+        name=clean_name,
+        content_type=content_type,
+        size=size,
+        sha256=digest.hexdigest(),
+        created_at=timezone.now(),
+    )
+    # Storage first, row second: a crash between them leaves an orphan blob, never a row that
+    # points at nothing.
+    file.content.save(file.pk, DjangoFile(stream), save=False)
+    try:
+        file.save(force_insert=True)
+    except Exception:
+        file.content.storage.delete(file.content.name)
+        raise
+    return file
+
+
+def _clean_file_name(name: str) -> str:
+    # Keep the last path component, drop control characters; the name is only ever displayed.
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip()
+    return (base or "file")[:255]
+
+
+def thread_delete(*, thread: Thread) -> None:
+    """Delete a thread, its messages, and the files attached only to its messages.
+
+    This lives in messaging rather than threads because the thread owns messages and files,
+    which the floor layer does not know about. Blobs are removed after commit, so a rollback
+    never leaves rows pointing at deleted bytes.
+    """
+    with transaction.atomic():
+        files = list(
+            File.objects.filter(messages__thread=thread)
+            .annotate(
+                other_threads=Count("messages", filter=~Q(messages__thread=thread), distinct=True)
+            )
+            .filter(other_threads=0)
+            .distinct()
+        )
+        blob_names = [(file.content.storage, file.content.name) for file in files]
+        File.objects.filter(pk__in=[file.pk for file in files]).delete()
+        thread.delete()
+
+    def remove_blobs() -> None:
+        for storage, name in blob_names:
+            storage.delete(name)
+
+    transaction.on_commit(remove_blobs)

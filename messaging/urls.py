@@ -1,0 +1,15 @@
+from django.urls import path
+
+from messaging import apis
+
+urlpatterns = [
+    path(
+        "threads/<str:thread_id>/messages/",
+        apis.ThreadMessagesApi.as_view(),
+        name="thread-messages",
+    ),
+    path("messages/<str:message_id>/", apis.MessageDetailApi.as_view(), name="message-detail"),
+    path("files/", apis.FileUploadApi.as_view(), name="file-upload"),
+    path("files/<str:file_id>/", apis.FileDetailApi.as_view(), name="file-detail"),
+    path("files/<str:file_id>/content/", apis.FileContentApi.as_view(), name="file-content"),
+]

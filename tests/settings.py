@@ -1,0 +1,12 @@
+"""Test settings: the real settings with a throwaway var/ and a fast password hasher."""
+
+import os
+import tempfile
+
+os.environ.setdefault("VAR_DIR", tempfile.mkdtemp(prefix="threadline-test-"))
+os.environ["THREADLINE_TESTING"] = "1"
+
+from chatproject.settings import *  # noqa: E402, F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOGGING["root"]["level"] = "WARNING"  # noqa: F405

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.http import HttpRequest
+
+from threads import services
+from threads.models import ApiToken, Thread, ThreadMembership, Topic, User
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):  # type: ignore[type-arg]
+    list_display = ("username", "id", "email", "is_active", "is_superuser", "last_login")
+    search_fields = ("username", "email", "id")
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            # Users made here get the default chat permissions like every other new user; the
+            # operator can then take any of them away on this page.
+            services.user_grant_defaults(user=obj)
+
+
+class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = ThreadMembership
+    extra = 0
+    autocomplete_fields = ("user",)
+
+
+@admin.register(Thread)
+class ThreadAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("title", "id", "creator", "last_activity_at", "last_message_seq")
+    list_filter = ("topics", "created_at")
+    search_fields = ("title", "id", "creator__username", "memberships__user__username")
+    readonly_fields = ("id", "last_message_seq", "created_at", "updated_at")
+    filter_horizontal = ("topics",)
+    inlines = (MembershipInline,)
+    date_hierarchy = "last_activity_at"
+    show_full_result_count = False
+
+
+@admin.register(Topic)
+class TopicAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("name", "slug", "id", "created_at")
+    search_fields = ("name", "slug", "id")
+    prepopulated_fields = {"slug": ("name",)}
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("user__username", "name", "prefix")
+    readonly_fields = ("id", "prefix", "created_at", "last_used_at")
+    fields = ("id", "user", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+    autocomplete_fields = ("user",)
+    actions = ("revoke",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A token's secret is shown once, at creation; use `manage.py issue_token`.
+        return False
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        for token in queryset:
+            services.token_revoke(token=token)

@@ -1,0 +1,250 @@
+"""REST interface for the caller, threads, members and topics. Thin: parse, one selector, one
+service, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from chatproject.api import StrictInputSerializer, query_int
+from messaging.services import thread_delete
+from threads import selectors, services
+from threads.errors import Invalid
+from threads.ids import ID_MAX_LENGTH
+from threads.models import Thread, User
+from threads.permissions import Perm, require_perm, user_chat_permissions
+
+MAX_TITLE = 200
+MAX_SESSION_PROMPT = 20_000
+MAX_LIST = 100
+
+
+class UserOutput(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.CharField()
+    username = serializers.CharField()
+
+
+class MemberOutput(serializers.Serializer):  # type: ignore[type-arg]
+    userId = serializers.CharField(source="user_id")
+    username = serializers.CharField(source="user.username")
+    role = serializers.CharField()
+    joinedAt = serializers.DateTimeField(source="joined_at")
+
+
+class ThreadOutput(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.CharField()
+    title = serializers.CharField()
+    creatorId = serializers.CharField(source="creator_id", allow_null=True)
+    members = MemberOutput(source="memberships", many=True)
+    topicIds = serializers.SerializerMethodField()
+    sessionPrompt = serializers.CharField(source="session_prompt")
+    lastMessageSeq = serializers.IntegerField(source="last_message_seq")
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+    lastActivityAt = serializers.DateTimeField(source="last_activity_at")
+
+    def get_topicIds(self, thread: Thread) -> list[str]:  # noqa: N802 - the wire name
+        return sorted(topic.pk for topic in thread.topics.all())
+
+
+def _user_refs(value: list[str]) -> list[User]:
+    users, missing = selectors.users_by_reference(refs=value)
+    if missing:
+        raise Invalid("Unknown users.", fields={"userIds": missing})
+    return users
+
+
+class MeApi(APIView):
+    class OutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+        id = serializers.CharField()
+        username = serializers.CharField()
+        email = serializers.CharField()
+        isAdmin = serializers.BooleanField(source="is_admin")
+        permissions = serializers.ListField(child=serializers.CharField())
+
+    @extend_schema(responses=OutputSerializer, summary="The caller and their chat permissions")
+    def get(self, request: Request) -> Response:
+        user = request.user
+        data = {
+            "id": user.pk,
+            "username": user.username,
+            "email": user.email,
+            "is_admin": user.is_admin,
+            "permissions": user_chat_permissions(user),
+        }
+        return Response(self.OutputSerializer(data).data)
+
+
+class ThreadListCreateApi(APIView):
+    class InputSerializer(StrictInputSerializer):
+        id = serializers.CharField(required=False, max_length=ID_MAX_LENGTH)
+        title = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TITLE)
+        userIds = serializers.ListField(
+            child=serializers.CharField(max_length=150), required=False, max_length=MAX_LIST,
+            help_text="Members to add besides the caller: user ids or usernames.",
+        )
+        topicIds = serializers.ListField(
+            child=serializers.CharField(max_length=ID_MAX_LENGTH), required=False, max_length=MAX_LIST
+        )
+        sessionPrompt = serializers.CharField(
+            required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
+        )
+
+    class ListOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+        threads = ThreadOutput(many=True)
+        nextCursor = serializers.CharField(allow_null=True)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("topic", str, description="A topic id or slug."),
+            OpenApiParameter("cursor", str, description="nextCursor of the previous page."),
+            OpenApiParameter("limit", int, description="1-200, default 50."),
+        ],
+        responses=ListOutputSerializer,
+        summary="The caller's threads, newest activity first",
+    )
+    def get(self, request: Request) -> Response:
+        limit = query_int(request.query_params, "limit", default=50, minimum=1) or 50
+        if limit > 200:
+            raise Invalid("limit must be 1 to 200.", fields={"limit": ["Out of range."]})
+        page = selectors.thread_list(
+            user=request.user,
+            topic=request.query_params.get("topic") or None,
+            cursor=request.query_params.get("cursor") or None,
+            limit=limit,
+        )
+        return Response(
+            {"threads": ThreadOutput(page.threads, many=True).data, "nextCursor": page.next_cursor}
+        )
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: ThreadOutput, 200: ThreadOutput},
+        summary="Create a thread (a retried create with the same id returns the first)",
+    )
+    def post(self, request: Request) -> Response:
+        require_perm(request.user, Perm.THREAD_CREATE)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = serializer.validated_data
+        thread, created = services.thread_create(
+            creator=request.user,
+            title=data.get("title", ""),
+            members=_user_refs(data.get("userIds", [])),
+            topic_ids=data.get("topicIds", []),
+            session_prompt=data.get("sessionPrompt", ""),
+            thread_id=data.get("id"),
+        )
+        return Response(
+            ThreadOutput(selectors.thread_get(thread_id=thread.pk)).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class ThreadDetailApi(APIView):
+    class InputSerializer(StrictInputSerializer):
+        title = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TITLE)
+        topicIds = serializers.ListField(
+            child=serializers.CharField(max_length=ID_MAX_LENGTH), required=False, max_length=MAX_LIST
+        )
+        sessionPrompt = serializers.CharField(
+            required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
+        )
+
+    @extend_schema(responses=ThreadOutput, summary="Read a thread")
+    def get(self, request: Request, thread_id: str) -> Response:
+        thread = selectors.access_thread(
+            user=request.user, thread_id=thread_id, perm=Perm.THREAD_VIEW, prefetch=True
+        )
+        return Response(ThreadOutput(thread).data)
+
+    @extend_schema(request=InputSerializer, responses=ThreadOutput, summary="Update a thread")
+    def patch(self, request: Request, thread_id: str) -> Response:
+        thread = selectors.access_thread(user=request.user, thread_id=thread_id, perm=Perm.THREAD_EDIT)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = serializer.validated_data
+        services.thread_update(
+            thread=thread,
+            title=data.get("title"),
+            topic_ids=data.get("topicIds"),
+            session_prompt=data.get("sessionPrompt"),
+        )
+        return Response(ThreadOutput(selectors.thread_get(thread_id=thread.pk)).data)
+
+    @extend_schema(responses={204: None}, summary="Delete a thread, its messages and files")
+    def delete(self, request: Request, thread_id: str) -> Response:
+        thread = selectors.access_thread(
+            user=request.user, thread_id=thread_id, perm=Perm.THREAD_DELETE
+        )
+        services.require_owner(thread=thread, actor=request.user)
+        # Deleting reaches into messages and files, so the service lives one layer up.
+        thread_delete(thread=thread)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ThreadMembersApi(APIView):
+    class InputSerializer(StrictInputSerializer):
+        userIds = serializers.ListField(
+            child=serializers.CharField(max_length=150), min_length=1, max_length=MAX_LIST,
+            help_text="User ids or usernames.",
+        )
+
+    @extend_schema(responses=MemberOutput(many=True), summary="A thread's members")
+    def get(self, request: Request, thread_id: str) -> Response:
+        thread = selectors.access_thread(
+            user=request.user, thread_id=thread_id, perm=Perm.THREAD_VIEW, prefetch=True
+        )
+        return Response({"members": MemberOutput(thread.memberships.all(), many=True).data})
+
+    @extend_schema(request=InputSerializer, responses=ThreadOutput, summary="Add members (owner)")
+    def post(self, request: Request, thread_id: str) -> Response:
+        thread = selectors.access_thread(user=request.user, thread_id=thread_id, perm=Perm.THREAD_EDIT)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.membership_add(
+            thread=thread, actor=request.user, users=_user_refs(serializer.validated_data["userIds"])
+        )
+        return Response(ThreadOutput(selectors.thread_get(thread_id=thread.pk)).data)
+
+
+class ThreadMemberDetailApi(APIView):
+    @extend_schema(responses={204: None}, summary="Remove a member (owner), or leave (yourself)")
+    def delete(self, request: Request, thread_id: str, user_id: str) -> Response:
+        thread = selectors.access_thread(user=request.user, thread_id=thread_id, perm=Perm.THREAD_EDIT)
+        services.membership_remove(thread=thread, actor=request.user, user_id=user_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TopicOutput(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.CharField()
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    createdAt = serializers.DateTimeField(source="created_at")
+
+
+class TopicListCreateApi(APIView):
+    class InputSerializer(StrictInputSerializer):
+        id = serializers.CharField(required=False, max_length=ID_MAX_LENGTH)
+        name = serializers.CharField(max_length=100)
+        slug = serializers.CharField(required=False, allow_blank=True, max_length=64)
+
+    @extend_schema(responses=TopicOutput(many=True), summary="All topics")
+    def get(self, request: Request) -> Response:
+        return Response({"topics": TopicOutput(selectors.topic_list(), many=True).data})
+
+    @extend_schema(request=InputSerializer, responses={201: TopicOutput}, summary="Create a topic")
+    def post(self, request: Request) -> Response:
+        require_perm(request.user, Perm.THREAD_EDIT)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = serializer.validated_data
+        topic = services.topic_create(
+            name=data["name"], slug=data.get("slug", ""), topic_id=data.get("id")
+        )
+        return Response(TopicOutput(topic).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+
+from threads.ids import (
+    ID_MAX_LENGTH,
+    new_thread_id,
+    new_token_id,
+    new_topic_id,
+    new_user_id,
+)
+
+# The ten permissions of 1Backend's Chat Svc, kept under their own names so operators and
+# migrated clients recognise them. They are real Django permissions on the Thread model.
+CHAT_PERMISSIONS: tuple[tuple[str, str], ...] = (
+    ("chat-svc:thread:create", "Can create threads"),
+    ("chat-svc:thread:view", "Can view threads"),
+    ("chat-svc:thread:edit", "Can edit threads"),
+    ("chat-svc:thread:delete", "Can delete threads"),
+    ("chat-svc:thread:stream", "Can stream thread events"),
+    ("chat-svc:message:create", "Can create messages"),
+    ("chat-svc:message:view", "Can view messages"),
+    ("chat-svc:message:edit", "Can edit messages"),
+    ("chat-svc:message:delete", "Can delete messages"),
+    ("chat-svc:message:stream", "Can stream message events"),
+)
+DEFAULT_GROUP_NAME = "Chat users"
+
+
+class User(AbstractUser):
+    id = models.CharField(primary_key=True, max_length=ID_MAX_LENGTH, default=new_user_id)
+
+    class Meta(AbstractUser.Meta):
+        swappable = "AUTH_USER_MODEL"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.is_active and self.is_superuser
+
+
+class ApiToken(models.Model):
+    """A bearer token. Only its SHA-256 is stored: a database leak does not leak credentials."""
+
+    id = models.CharField(primary_key=True, max_length=ID_MAX_LENGTH, default=new_token_id)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=12, editable=False, help_text="First characters, to tell tokens apart.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user_id})"
+
+
+class Topic(models.Model):
+    id = models.CharField(primary_key=True, max_length=ID_MAX_LENGTH, default=new_topic_id)
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Thread(models.Model):
+    id = models.CharField(primary_key=True, max_length=ID_MAX_LENGTH, default=new_thread_id)
+    title = models.CharField(max_length=200, default="New chat")
+    creator = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="created_threads",
+    )
+    members = models.ManyToManyField(  # type: ignore[var-annotated]
+        settings.AUTH_USER_MODEL, through="ThreadMembership", related_name="threads"
+    )
+    topics = models.ManyToManyField(Topic, blank=True, related_name="threads")  # type: ignore[var-annotated]
+    session_prompt = models.TextField(blank=True, default="")
+    # The last message sequence number handed out; message_post increments it under a row lock,
+    # which makes Message.seq gap-free at write time and monotonic forever.
+    last_message_seq = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_activity_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-last_activity_at", "-id"]
+        permissions = CHAT_PERMISSIONS
+        indexes = [models.Index(fields=["-last_activity_at", "-id"], name="thread_activity_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.id})"
+
+
+class ThreadMembership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        MEMBER = "member", "Member"
+
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="thread_memberships"
+    )
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["thread", "user"], name="membership_unique"),
+        ]
+        indexes = [models.Index(fields=["user", "thread"], name="membership_user_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.thread_id} ({self.role})"

@@ -1,0 +1,244 @@
+"""Writes for users, tokens, threads, topics and memberships."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+
+from django.contrib.auth.models import Group, Permission
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from threads.errors import Conflict, Forbidden, Invalid, NotFound
+from threads.ids import is_valid_client_id
+from threads.selectors import is_thread_owner
+from threads.models import (
+    CHAT_PERMISSIONS,
+    DEFAULT_GROUP_NAME,
+    ApiToken,
+    Thread,
+    ThreadMembership,
+    Topic,
+    User,
+)
+
+TOKEN_PREFIX = "tl_"
+
+
+def _check_client_id(value: str | None, *, field: str = "id") -> None:
+    if value is not None and not is_valid_client_id(value):
+        raise Invalid(
+            "Ids are 1-64 characters of letters, digits, '_' and '-'.",
+            fields={field: ["Invalid id."]},
+        )
+
+
+# --- users and tokens -----------------------------------------------------------------------
+
+
+def default_group_get() -> Group:
+    """The group that gives regular users the ten chat permissions (made by a migration)."""
+    group, created = Group.objects.get_or_create(name=DEFAULT_GROUP_NAME)
+    if created:
+        codenames = [codename for codename, _ in CHAT_PERMISSIONS]
+        group.permissions.set(
+            Permission.objects.filter(content_type__app_label="threads", codename__in=codenames)
+        )
+    return group
+
+
+def user_grant_defaults(*, user: User) -> None:
+    user.groups.add(default_group_get())
+
+
+def user_create(
+    *,
+    username: str,
+    password: str | None = None,
+    email: str = "",
+    is_superuser: bool = False,
+) -> User:
+    with transaction.atomic():
+        if User.objects.filter(username=username).exists():
+            raise Conflict(f"User {username!r} already exists.")
+        user = User(username=username, email=email, is_superuser=is_superuser, is_staff=is_superuser)
+        if password:
+            user.set_password(password)
+        else:
+            user.set_unusable_password()
+        user.save()
+        user_grant_defaults(user=user)
+    return user
+
+
+def token_digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def token_issue(*, user: User, name: str = "") -> tuple[ApiToken, str]:
+    """Make a token; the raw value is returned once and never stored."""
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user=user, name=name, digest=token_digest(raw), prefix=raw[:10]
+    )
+    return token, raw
+
+
+def token_revoke(*, token: ApiToken) -> None:
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+
+
+# --- topics ---------------------------------------------------------------------------------
+
+
+def topic_create(*, name: str, slug: str = "", topic_id: str | None = None) -> Topic:
+    """Create a topic; creating one that exists (same id, or same slug and name) returns it."""
+    _check_client_id(topic_id)
+    name = name.strip()
+    slug = slugify(slug or name)
+    if not name or not slug:
+        raise Invalid("A topic needs a name.", fields={"name": ["This field may not be blank."]})
+    existing = Topic.objects.filter(pk=topic_id).first() if topic_id else None
+    if existing is None:
+        existing = Topic.objects.filter(slug=slug, name=name).first()
+    if existing is not None:
+        if topic_id and existing.pk != topic_id:
+            raise Conflict("A topic with this slug already exists.", fields={"slug": [slug]})
+        return existing
+    try:
+        with transaction.atomic():
+            topic = Topic(name=name, slug=slug)
+            if topic_id:
+                topic.pk = topic_id
+            topic.save(force_insert=True)
+    except IntegrityError as exc:
+        raise Conflict("A topic with this name or slug already exists.") from exc
+    return topic
+
+
+def _topics_resolve(topic_ids: Sequence[str]) -> list[Topic]:
+    topics = list(Topic.objects.filter(pk__in=topic_ids))
+    missing = sorted(set(topic_ids) - {topic.pk for topic in topics})
+    if missing:
+        raise Invalid("Unknown topic ids.", fields={"topicIds": missing})
+    return topics
+
+
+# --- threads --------------------------------------------------------------------------------
+
+
+def thread_create(
+    *,
+    creator: User,
+    title: str = "",
+    members: Sequence[User] = (),
+    topic_ids: Sequence[str] = (),
+    session_prompt: str = "",
+    thread_id: str | None = None,
+) -> tuple[Thread, bool]:
+    """Create a thread with `creator` as its owner; return (thread, created).
+
+    A retried create with the same client id returns the thread it made the first time, so
+    clients can retry safely; an id taken by someone else's thread is a Conflict.
+    """
+    _check_client_id(thread_id)
+    if thread_id:
+        existing = Thread.objects.filter(pk=thread_id).first()
+        if existing is not None:
+            if ThreadMembership.objects.filter(thread=existing, user=creator).exists():
+                return existing, False
+            raise Conflict("This thread id is already in use.", fields={"id": [thread_id]})
+    topics = _topics_resolve(topic_ids)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            thread = Thread(
+                title=title.strip() or "New chat",
+                creator=creator,
+                session_prompt=session_prompt,
+                last_activity_at=now,
+            )
+            if thread_id:
+                thread.pk = thread_id
+            thread.save(force_insert=True)
+            ThreadMembership.objects.create(
+                thread=thread, user=creator, role=ThreadMembership.Role.OWNER
+            )
+            ThreadMembership.objects.bulk_create(
+                [
+                    ThreadMembership(thread=thread, user=member, role=ThreadMembership.Role.MEMBER)
+                    for member in {m.pk: m for m in members if m.pk != creator.pk}.values()
+                ]
+            )
+            if topics:
+                thread.topics.set(topics)
+    except IntegrityError as exc:  # a concurrent create with the same client id won the race
+        raise Conflict("This thread id is already in use.", fields={"id": [thread_id]}) from exc
+    return thread, True
+
+
+def thread_update(
+    *,
+    thread: Thread,
+    title: str | None = None,
+    topic_ids: Sequence[str] | None = None,
+    session_prompt: str | None = None,
+) -> Thread:
+    with transaction.atomic():
+        fields = ["updated_at"]
+        if title is not None:
+            thread.title = title.strip() or "New chat"
+            fields.append("title")
+        if session_prompt is not None:
+            thread.session_prompt = session_prompt
+            fields.append("session_prompt")
+        thread.save(update_fields=fields)
+        if topic_ids is not None:
+            thread.topics.set(_topics_resolve(topic_ids))
+    return thread
+
+
+def membership_add(*, thread: Thread, actor: User, users: Sequence[User]) -> list[User]:
+    """Add members; only the owner (or an admin) may. Returns the users newly added."""
+    require_owner(thread=thread, actor=actor)
+    with transaction.atomic():
+        present = set(
+            ThreadMembership.objects.filter(thread=thread).values_list("user_id", flat=True)
+        )
+        added = [user for user in {u.pk: u for u in users}.values() if user.pk not in present]
+        ThreadMembership.objects.bulk_create(
+            [ThreadMembership(thread=thread, user=user) for user in added]
+        )
+    return added
+
+
+def membership_remove(*, thread: Thread, actor: User, user_id: str) -> None:
+    """Remove a member: the owner (or an admin) removes anyone but the last owner; any member
+    may remove themselves (leave)."""
+    if actor.pk != user_id:
+        require_owner(thread=thread, actor=actor)
+    with transaction.atomic():
+        membership = (
+            ThreadMembership.objects.select_for_update()
+            .filter(thread=thread, user_id=user_id)
+            .first()
+        )
+        if membership is None:
+            raise NotFound("Member not found.")
+        if membership.role == ThreadMembership.Role.OWNER:
+            owners = ThreadMembership.objects.filter(
+                thread=thread, role=ThreadMembership.Role.OWNER
+            ).count()
+            if owners <= 1:
+                raise Invalid("The last owner cannot leave; delete the thread instead.")
+        membership.delete()
+
+
+def require_owner(*, thread: Thread, actor: User) -> None:
+    if actor.is_admin:
+        return
+    if not is_thread_owner(thread=thread, user=actor):
+        raise Forbidden("Only the thread's owner can do this.")
