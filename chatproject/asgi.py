@@ -27,5 +27,5 @@ def _limit_for_path(path: str) -> int:
 
 
 application = ProtocolTypeRouter(
-    {"http": BodySizeLimit(django_asgi_app, limit_for_path=_limit_for_path)}
+    {"http": BodySizeLimit(django_asgi_app, limit_for_path=_limit_for_path)}  # type: ignore[arg-type]
 )

@@ -155,7 +155,9 @@ if DATABASE_URL:
 
     try:
         DATABASES: dict[str, dict[str, Any]] = {
-            "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+            "default": dict(
+                dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+            )
         }
     except Exception as exc:  # dj_database_url raises several types for a bad URL
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from exc

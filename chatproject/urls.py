@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -13,7 +13,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-api_v1 = [
+api_v1: list[URLPattern | URLResolver] = [
     path("", include("threads.urls")),
     path("", include("messaging.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

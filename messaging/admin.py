@@ -6,7 +6,7 @@ from messaging.models import File, Message
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class MessageAdmin(admin.ModelAdmin):
     list_display = ("id", "thread", "seq", "author", "status", "edited", "created_at")
     list_filter = ("status", "edited")
     search_fields = ("id", "thread__id", "thread__title", "author__username")
@@ -17,7 +17,7 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(File)
-class FileAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class FileAdmin(admin.ModelAdmin):
     list_display = ("name", "id", "owner", "content_type", "size", "created_at")
     list_filter = ("content_type",)
     search_fields = ("name", "id", "owner__username", "sha256")

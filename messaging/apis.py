@@ -7,7 +7,8 @@ from typing import Any
 from django.core.files.storage import FileSystemStorage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import MemoryFileUploadHandler, TemporaryFileUploadHandler
-from django.http import FileResponse, HttpResponse, HttpResponseRedirect
+from django.http import FileResponse, HttpResponseRedirect
+from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
@@ -15,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chatproject.api import StrictInputSerializer, query_int
+from chatproject.api import StrictInputSerializer, query_int, request_user
 from messaging import selectors, services
 from messaging.models import File, Message
 from messaging.uploads import SizeLimitUploadHandler, too_large, upload_request_limit_bytes
@@ -27,7 +28,7 @@ from threads.selectors import access_thread
 MAX_META_KEYS = 50
 
 
-class MessageOutput(serializers.Serializer):  # type: ignore[type-arg]
+class MessageOutput(serializers.Serializer):
     id = serializers.CharField()
     threadId = serializers.CharField(source="thread_id")
     seq = serializers.IntegerField()
@@ -40,11 +41,11 @@ class MessageOutput(serializers.Serializer):  # type: ignore[type-arg]
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
 
-    def get_fileIds(self, message: Message) -> list[str]:  # noqa: N802 - the wire name
+    def get_fileIds(self, message: Message) -> list[str]:
         return [file.pk for file in message.files.all()]
 
 
-class FileOutput(serializers.Serializer):  # type: ignore[type-arg]
+class FileOutput(serializers.Serializer):
     id = serializers.CharField()
     name = serializers.CharField()
     contentType = serializers.CharField(source="content_type")
@@ -81,7 +82,7 @@ class ThreadMessagesApi(APIView):
                 raise serializers.ValidationError({"text": ["A message needs text or files."]})
             return attrs
 
-    class PageOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    class PageOutputSerializer(serializers.Serializer):
         messages = MessageOutput(many=True)
         hasOlder = serializers.BooleanField()
         hasNewer = serializers.BooleanField()
@@ -98,7 +99,9 @@ class ThreadMessagesApi(APIView):
         summary="A page of a thread's messages, oldest first (keyset on seq)",
     )
     def get(self, request: Request, thread_id: str) -> Response:
-        thread = access_thread(user=request.user, thread_id=thread_id, perm=Perm.MESSAGE_VIEW)
+        thread = access_thread(
+            user=request_user(request), thread_id=thread_id, perm=Perm.MESSAGE_VIEW
+        )
         params = request.query_params
         page = selectors.message_page(
             thread=thread,
@@ -125,13 +128,15 @@ class ThreadMessagesApi(APIView):
         summary="Post a message (a retried post with the same id returns the first)",
     )
     def post(self, request: Request, thread_id: str) -> Response:
-        thread = access_thread(user=request.user, thread_id=thread_id, perm=Perm.MESSAGE_CREATE)
+        thread = access_thread(
+            user=request_user(request), thread_id=thread_id, perm=Perm.MESSAGE_CREATE
+        )
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
         message, created = services.message_post(
             thread=thread,
-            author=request.user,
+            author=request_user(request),
             text=data["text"],
             file_ids=data.get("fileIds", []),
             meta=data.get("meta"),
@@ -150,16 +155,16 @@ class MessageDetailApi(APIView):
     @extend_schema(responses=MessageOutput, summary="Read a message")
     def get(self, request: Request, message_id: str) -> Response:
         message = selectors.access_message(
-            user=request.user, message_id=message_id, perm=Perm.MESSAGE_VIEW
+            user=request_user(request), message_id=message_id, perm=Perm.MESSAGE_VIEW
         )
         return Response(MessageOutput(message).data)
 
     @extend_schema(request=InputSerializer, responses=MessageOutput, summary="Edit (author only)")
     def patch(self, request: Request, message_id: str) -> Response:
         message = selectors.access_message(
-            user=request.user, message_id=message_id, perm=Perm.MESSAGE_EDIT
+            user=request_user(request), message_id=message_id, perm=Perm.MESSAGE_EDIT
         )
-        selectors.require_message_editor(user=request.user, message=message)
+        selectors.require_message_editor(user=request_user(request), message=message)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         message = services.message_edit(message=message, text=serializer.validated_data["text"])
@@ -168,9 +173,9 @@ class MessageDetailApi(APIView):
     @extend_schema(responses={204: None}, summary="Delete (author, thread owner or admin)")
     def delete(self, request: Request, message_id: str) -> Response:
         message = selectors.access_message(
-            user=request.user, message_id=message_id, perm=Perm.MESSAGE_DELETE
+            user=request_user(request), message_id=message_id, perm=Perm.MESSAGE_DELETE
         )
-        selectors.require_message_deleter(user=request.user, message=message)
+        selectors.require_message_deleter(user=request_user(request), message=message)
         services.message_delete(message=message)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -202,9 +207,11 @@ class FileUploadApi(APIView):
         ]
         upload = request.FILES.get("file")
         if not isinstance(upload, UploadedFile):
-            raise Invalid("Send the file in a multipart field named 'file'.", fields={"file": ["Required."]})
+            raise Invalid(
+                "Send the file in a multipart field named 'file'.", fields={"file": ["Required."]}
+            )
         file = services.file_create(
-            owner=request.user,
+            owner=request_user(request),
             name=upload.name or "file",
             claimed_type=upload.content_type or "",
             stream=upload,
@@ -216,13 +223,15 @@ class FileUploadApi(APIView):
 class FileDetailApi(APIView):
     @extend_schema(responses=FileOutput, summary="A file's metadata")
     def get(self, request: Request, file_id: str) -> Response:
-        return Response(FileOutput(selectors.access_file(user=request.user, file_id=file_id)).data)
+        return Response(
+            FileOutput(selectors.access_file(user=request_user(request), file_id=file_id)).data
+        )
 
 
 class FileContentApi(APIView):
     @extend_schema(responses={(200, "application/octet-stream"): bytes}, summary="Download")
-    def get(self, request: Request, file_id: str) -> HttpResponse:
-        file = selectors.access_file(user=request.user, file_id=file_id)
+    def get(self, request: Request, file_id: str) -> HttpResponseBase:
+        file = selectors.access_file(user=request_user(request), file_id=file_id)
         storage = file.content.storage
         if not isinstance(storage, FileSystemStorage):
             # Object storage: hand the client a short-lived presigned URL instead of proxying.

@@ -24,7 +24,11 @@ _TEXT_TYPES = {
     "application/javascript",
     "image/svg+xml",
 }
-_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "application/x-zip-compressed": "application/zip"}
+_ALIASES = {
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+    "application/x-zip-compressed": "application/zip",
+}
 # Office documents are zip archives; a sniffer that sees "zip" has seen the right bytes.
 _ZIP_CONTAINERS = {
     "application/zip",
@@ -95,7 +99,9 @@ def resolve_content_type(*, name: str, claimed: str, stream: IO[bytes], size: in
         # A binary format the sniffer does not know (e.g. a proprietary one): accept the claim,
         # it is served as a download with nosniff and never rendered inline.
         return claimed_type
-    raise _mismatch(claimed_type, sniffed or ("text" if _looks_like_text(head) else "unknown binary data"))
+    raise _mismatch(
+        claimed_type, sniffed or ("text" if _looks_like_text(head) else "unknown binary data")
+    )
 
 
 def _is_known_binary(content_type: str) -> bool:

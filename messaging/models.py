@@ -52,7 +52,7 @@ class Message(models.Model):
     )
     seq = models.BigIntegerField(help_text="Per-thread, monotonic; the keyset for paging.")
     text = models.TextField(blank=True, default="")
-    files = models.ManyToManyField(File, blank=True, related_name="messages")  # type: ignore[var-annotated]
+    files = models.ManyToManyField(File, blank=True, related_name="messages")
     meta = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.COMPLETE)
     edited = models.BooleanField(default=False)

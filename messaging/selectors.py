@@ -58,7 +58,9 @@ def message_page(
     has_older = len(rows) > limit
     rows = rows[:limit]
     rows.reverse()
-    has_newer = before is not None and Message.objects.filter(thread=thread, seq__gte=before).exists()
+    has_newer = (
+        before is not None and Message.objects.filter(thread=thread, seq__gte=before).exists()
+    )
     return MessagePage(messages=rows, has_older=has_older, has_newer=has_newer)
 
 

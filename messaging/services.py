@@ -71,7 +71,9 @@ def message_post(
     if message_id:
         existing = Message.objects.filter(pk=message_id).first()
         if existing is not None:
-            if existing.thread_id == thread.pk and existing.author_id == (author.pk if author else None):
+            if existing.thread_id == thread.pk and existing.author_id == (
+                author.pk if author else None
+            ):
                 return existing, False
             raise Conflict("This message id is already in use.", fields={"id": [message_id]})
     files = _files_resolve(author=author, file_ids=file_ids)
@@ -83,7 +85,9 @@ def message_post(
             Thread.objects.filter(pk=thread.pk).update(
                 last_message_seq=F("last_message_seq") + 1, last_activity_at=now
             )
-            seq = Thread.objects.filter(pk=thread.pk).values_list("last_message_seq", flat=True).get()
+            seq = (
+                Thread.objects.filter(pk=thread.pk).values_list("last_message_seq", flat=True).get()
+            )
             message = Message(
                 thread=thread,
                 author=author,
@@ -117,9 +121,7 @@ def message_delete(*, message: Message) -> None:
     message.delete()
 
 
-def file_create(
-    *, owner: User, name: str, claimed_type: str, stream: IO[bytes], size: int
-) -> File:
+def file_create(*, owner: User, name: str, claimed_type: str, stream: IO[bytes], size: int) -> File:
     """Store an upload. The caller has already bounded the size; it is checked again here."""
     limit = settings.MAX_FILE_SIZE_MB * 1024 * 1024
     if size > limit:

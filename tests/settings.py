@@ -6,7 +6,7 @@ import tempfile
 os.environ.setdefault("VAR_DIR", tempfile.mkdtemp(prefix="threadline-test-"))
 os.environ["THREADLINE_TESTING"] = "1"
 
-from chatproject.settings import *  # noqa: E402, F403
+from chatproject.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-LOGGING["root"]["level"] = "WARNING"  # noqa: F405
+LOGGING["root"] = {"handlers": ["console"], "level": "WARNING"}  # noqa: F405

@@ -11,7 +11,7 @@ from threads.models import ApiToken, Thread, ThreadMembership, Topic, User
 
 
 @admin.register(User)
-class UserAdmin(BaseUserAdmin):  # type: ignore[type-arg]
+class UserAdmin(BaseUserAdmin):
     list_display = ("username", "id", "email", "is_active", "is_superuser", "last_login")
     search_fields = ("username", "email", "id")
 
@@ -23,14 +23,14 @@ class UserAdmin(BaseUserAdmin):  # type: ignore[type-arg]
             services.user_grant_defaults(user=obj)
 
 
-class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
+class MembershipInline(admin.TabularInline):
     model = ThreadMembership
     extra = 0
     autocomplete_fields = ("user",)
 
 
 @admin.register(Thread)
-class ThreadAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ThreadAdmin(admin.ModelAdmin):
     list_display = ("title", "id", "creator", "last_activity_at", "last_message_seq")
     list_filter = ("topics", "created_at")
     search_fields = ("title", "id", "creator__username", "memberships__user__username")
@@ -42,14 +42,14 @@ class ThreadAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(Topic)
-class TopicAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class TopicAdmin(admin.ModelAdmin):
     list_display = ("name", "slug", "id", "created_at")
     search_fields = ("name", "slug", "id")
     prepopulated_fields = {"slug": ("name",)}
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ("prefix", "user", "name", "created_at", "last_used_at", "revoked_at")
     list_filter = ("revoked_at",)
     search_fields = ("user__username", "name", "prefix")

@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chatproject.api import StrictInputSerializer, query_int
+from chatproject.api import StrictInputSerializer, query_int, request_user
 from messaging.services import thread_delete
 from threads import selectors, services
 from threads.errors import Invalid
@@ -24,19 +24,19 @@ MAX_SESSION_PROMPT = 20_000
 MAX_LIST = 100
 
 
-class UserOutput(serializers.Serializer):  # type: ignore[type-arg]
+class UserOutput(serializers.Serializer):
     id = serializers.CharField()
     username = serializers.CharField()
 
 
-class MemberOutput(serializers.Serializer):  # type: ignore[type-arg]
+class MemberOutput(serializers.Serializer):
     userId = serializers.CharField(source="user_id")
     username = serializers.CharField(source="user.username")
     role = serializers.CharField()
     joinedAt = serializers.DateTimeField(source="joined_at")
 
 
-class ThreadOutput(serializers.Serializer):  # type: ignore[type-arg]
+class ThreadOutput(serializers.Serializer):
     id = serializers.CharField()
     title = serializers.CharField()
     creatorId = serializers.CharField(source="creator_id", allow_null=True)
@@ -48,7 +48,7 @@ class ThreadOutput(serializers.Serializer):  # type: ignore[type-arg]
     updatedAt = serializers.DateTimeField(source="updated_at")
     lastActivityAt = serializers.DateTimeField(source="last_activity_at")
 
-    def get_topicIds(self, thread: Thread) -> list[str]:  # noqa: N802 - the wire name
+    def get_topicIds(self, thread: Thread) -> list[str]:
         return sorted(topic.pk for topic in thread.topics.all())
 
 
@@ -60,7 +60,7 @@ def _user_refs(value: list[str]) -> list[User]:
 
 
 class MeApi(APIView):
-    class OutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    class OutputSerializer(serializers.Serializer):
         id = serializers.CharField()
         username = serializers.CharField()
         email = serializers.CharField()
@@ -69,7 +69,7 @@ class MeApi(APIView):
 
     @extend_schema(responses=OutputSerializer, summary="The caller and their chat permissions")
     def get(self, request: Request) -> Response:
-        user = request.user
+        user = request_user(request)
         data = {
             "id": user.pk,
             "username": user.username,
@@ -85,17 +85,21 @@ class ThreadListCreateApi(APIView):
         id = serializers.CharField(required=False, max_length=ID_MAX_LENGTH)
         title = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TITLE)
         userIds = serializers.ListField(
-            child=serializers.CharField(max_length=150), required=False, max_length=MAX_LIST,
+            child=serializers.CharField(max_length=150),
+            required=False,
+            max_length=MAX_LIST,
             help_text="Members to add besides the caller: user ids or usernames.",
         )
         topicIds = serializers.ListField(
-            child=serializers.CharField(max_length=ID_MAX_LENGTH), required=False, max_length=MAX_LIST
+            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            required=False,
+            max_length=MAX_LIST,
         )
         sessionPrompt = serializers.CharField(
             required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
         )
 
-    class ListOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    class ListOutputSerializer(serializers.Serializer):
         threads = ThreadOutput(many=True)
         nextCursor = serializers.CharField(allow_null=True)
 
@@ -113,7 +117,7 @@ class ThreadListCreateApi(APIView):
         if limit > 200:
             raise Invalid("limit must be 1 to 200.", fields={"limit": ["Out of range."]})
         page = selectors.thread_list(
-            user=request.user,
+            user=request_user(request),
             topic=request.query_params.get("topic") or None,
             cursor=request.query_params.get("cursor") or None,
             limit=limit,
@@ -128,12 +132,12 @@ class ThreadListCreateApi(APIView):
         summary="Create a thread (a retried create with the same id returns the first)",
     )
     def post(self, request: Request) -> Response:
-        require_perm(request.user, Perm.THREAD_CREATE)
+        require_perm(request_user(request), Perm.THREAD_CREATE)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
         thread, created = services.thread_create(
-            creator=request.user,
+            creator=request_user(request),
             title=data.get("title", ""),
             members=_user_refs(data.get("userIds", [])),
             topic_ids=data.get("topicIds", []),
@@ -150,7 +154,9 @@ class ThreadDetailApi(APIView):
     class InputSerializer(StrictInputSerializer):
         title = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TITLE)
         topicIds = serializers.ListField(
-            child=serializers.CharField(max_length=ID_MAX_LENGTH), required=False, max_length=MAX_LIST
+            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            required=False,
+            max_length=MAX_LIST,
         )
         sessionPrompt = serializers.CharField(
             required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
@@ -159,13 +165,15 @@ class ThreadDetailApi(APIView):
     @extend_schema(responses=ThreadOutput, summary="Read a thread")
     def get(self, request: Request, thread_id: str) -> Response:
         thread = selectors.access_thread(
-            user=request.user, thread_id=thread_id, perm=Perm.THREAD_VIEW, prefetch=True
+            user=request_user(request), thread_id=thread_id, perm=Perm.THREAD_VIEW, prefetch=True
         )
         return Response(ThreadOutput(thread).data)
 
     @extend_schema(request=InputSerializer, responses=ThreadOutput, summary="Update a thread")
     def patch(self, request: Request, thread_id: str) -> Response:
-        thread = selectors.access_thread(user=request.user, thread_id=thread_id, perm=Perm.THREAD_EDIT)
+        thread = selectors.access_thread(
+            user=request_user(request), thread_id=thread_id, perm=Perm.THREAD_EDIT
+        )
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
@@ -180,9 +188,9 @@ class ThreadDetailApi(APIView):
     @extend_schema(responses={204: None}, summary="Delete a thread, its messages and files")
     def delete(self, request: Request, thread_id: str) -> Response:
         thread = selectors.access_thread(
-            user=request.user, thread_id=thread_id, perm=Perm.THREAD_DELETE
+            user=request_user(request), thread_id=thread_id, perm=Perm.THREAD_DELETE
         )
-        services.require_owner(thread=thread, actor=request.user)
+        services.require_owner(thread=thread, actor=request_user(request))
         # Deleting reaches into messages and files, so the service lives one layer up.
         thread_delete(thread=thread)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -191,24 +199,30 @@ class ThreadDetailApi(APIView):
 class ThreadMembersApi(APIView):
     class InputSerializer(StrictInputSerializer):
         userIds = serializers.ListField(
-            child=serializers.CharField(max_length=150), min_length=1, max_length=MAX_LIST,
+            child=serializers.CharField(max_length=150),
+            min_length=1,
+            max_length=MAX_LIST,
             help_text="User ids or usernames.",
         )
 
     @extend_schema(responses=MemberOutput(many=True), summary="A thread's members")
     def get(self, request: Request, thread_id: str) -> Response:
         thread = selectors.access_thread(
-            user=request.user, thread_id=thread_id, perm=Perm.THREAD_VIEW, prefetch=True
+            user=request_user(request), thread_id=thread_id, perm=Perm.THREAD_VIEW, prefetch=True
         )
         return Response({"members": MemberOutput(thread.memberships.all(), many=True).data})
 
     @extend_schema(request=InputSerializer, responses=ThreadOutput, summary="Add members (owner)")
     def post(self, request: Request, thread_id: str) -> Response:
-        thread = selectors.access_thread(user=request.user, thread_id=thread_id, perm=Perm.THREAD_EDIT)
+        thread = selectors.access_thread(
+            user=request_user(request), thread_id=thread_id, perm=Perm.THREAD_EDIT
+        )
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.membership_add(
-            thread=thread, actor=request.user, users=_user_refs(serializer.validated_data["userIds"])
+            thread=thread,
+            actor=request_user(request),
+            users=_user_refs(serializer.validated_data["userIds"]),
         )
         return Response(ThreadOutput(selectors.thread_get(thread_id=thread.pk)).data)
 
@@ -216,12 +230,14 @@ class ThreadMembersApi(APIView):
 class ThreadMemberDetailApi(APIView):
     @extend_schema(responses={204: None}, summary="Remove a member (owner), or leave (yourself)")
     def delete(self, request: Request, thread_id: str, user_id: str) -> Response:
-        thread = selectors.access_thread(user=request.user, thread_id=thread_id, perm=Perm.THREAD_EDIT)
-        services.membership_remove(thread=thread, actor=request.user, user_id=user_id)
+        thread = selectors.access_thread(
+            user=request_user(request), thread_id=thread_id, perm=Perm.THREAD_EDIT
+        )
+        services.membership_remove(thread=thread, actor=request_user(request), user_id=user_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class TopicOutput(serializers.Serializer):  # type: ignore[type-arg]
+class TopicOutput(serializers.Serializer):
     id = serializers.CharField()
     slug = serializers.CharField()
     name = serializers.CharField()
@@ -240,7 +256,7 @@ class TopicListCreateApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={201: TopicOutput}, summary="Create a topic")
     def post(self, request: Request) -> Response:
-        require_perm(request.user, Perm.THREAD_EDIT)
+        require_perm(request_user(request), Perm.THREAD_EDIT)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data

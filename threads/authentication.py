@@ -61,4 +61,8 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema: object) -> dict[str, str]:
-        return {"type": "http", "scheme": "bearer", "description": "Bearer <token> or Token <token>"}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Bearer <token> or Token <token>",
+        }

@@ -32,7 +32,7 @@ DEFAULT_GROUP_NAME = "Chat users"
 class User(AbstractUser):
     id = models.CharField(primary_key=True, max_length=ID_MAX_LENGTH, default=new_user_id)
 
-    class Meta(AbstractUser.Meta):
+    class Meta(AbstractUser.Meta):  # type: ignore[name-defined]
         swappable = "AUTH_USER_MODEL"
 
     @property
@@ -49,7 +49,9 @@ class ApiToken(models.Model):
     )
     name = models.CharField(max_length=100, blank=True)
     digest = models.CharField(max_length=64, unique=True, editable=False)
-    prefix = models.CharField(max_length=12, editable=False, help_text="First characters, to tell tokens apart.")
+    prefix = models.CharField(
+        max_length=12, editable=False, help_text="First characters, to tell tokens apart."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -87,7 +89,7 @@ class Thread(models.Model):
     members = models.ManyToManyField(  # type: ignore[var-annotated]
         settings.AUTH_USER_MODEL, through="ThreadMembership", related_name="threads"
     )
-    topics = models.ManyToManyField(Topic, blank=True, related_name="threads")  # type: ignore[var-annotated]
+    topics = models.ManyToManyField(Topic, blank=True, related_name="threads")
     session_prompt = models.TextField(blank=True, default="")
     # The last message sequence number handed out; message_post increments it under a row lock,
     # which makes Message.seq gap-free at write time and monotonic forever.

@@ -40,8 +40,10 @@ def access_thread(
     is not in, so an outsider cannot tell the two apart.
     """
     require_perm(user, perm)
+    if not isinstance(user, User):  # require_perm already refused anonymous callers
+        raise NotFound(THREAD_NOT_FOUND)
     queryset = _thread_queryset() if prefetch else Thread.objects.all()
-    if not (isinstance(user, User) and user.is_admin):
+    if not user.is_admin:
         queryset = queryset.filter(memberships__user=user)
     thread = queryset.filter(pk=thread_id).first()
     if thread is None:

@@ -13,7 +13,6 @@ from django.utils.text import slugify
 
 from threads.errors import Conflict, Forbidden, Invalid, NotFound
 from threads.ids import is_valid_client_id
-from threads.selectors import is_thread_owner
 from threads.models import (
     CHAT_PERMISSIONS,
     DEFAULT_GROUP_NAME,
@@ -23,8 +22,9 @@ from threads.models import (
     Topic,
     User,
 )
+from threads.selectors import is_thread_owner
 
-TOKEN_PREFIX = "tl_"
+TOKEN_PREFIX = "tl_"  # noqa: S105 - a public prefix, not a secret
 
 
 def _check_client_id(value: str | None, *, field: str = "id") -> None:
@@ -63,7 +63,9 @@ def user_create(
     with transaction.atomic():
         if User.objects.filter(username=username).exists():
             raise Conflict(f"User {username!r} already exists.")
-        user = User(username=username, email=email, is_superuser=is_superuser, is_staff=is_superuser)
+        user = User(
+            username=username, email=email, is_superuser=is_superuser, is_staff=is_superuser
+        )
         if password:
             user.set_password(password)
         else:
@@ -80,9 +82,7 @@ def token_digest(raw: str) -> str:
 def token_issue(*, user: User, name: str = "") -> tuple[ApiToken, str]:
     """Make a token; the raw value is returned once and never stored."""
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken.objects.create(
-        user=user, name=name, digest=token_digest(raw), prefix=raw[:10]
-    )
+    token = ApiToken.objects.create(user=user, name=name, digest=token_digest(raw), prefix=raw[:10])
     return token, raw
 
 

@@ -6,7 +6,9 @@ urlpatterns = [
     path("me/", apis.MeApi.as_view(), name="me"),
     path("threads/", apis.ThreadListCreateApi.as_view(), name="thread-list"),
     path("threads/<str:thread_id>/", apis.ThreadDetailApi.as_view(), name="thread-detail"),
-    path("threads/<str:thread_id>/members/", apis.ThreadMembersApi.as_view(), name="thread-members"),
+    path(
+        "threads/<str:thread_id>/members/", apis.ThreadMembersApi.as_view(), name="thread-members"
+    ),
     path(
         "threads/<str:thread_id>/members/<str:user_id>/",
         apis.ThreadMemberDetailApi.as_view(),

@@ -28,13 +28,13 @@ class Command(BaseCommand):
             user = services.user_create(username=username, password=password, is_superuser=True)
             password_file.write_text(password)
             password_file.chmod(0o600)
-        password = password_file.read_text().strip() if password_file.exists() else None
+        shown_password = password_file.read_text().strip() if password_file.exists() else None
         _, token = services.token_issue(user=user, name="make run")
         lines = [
             "",
             f"Threadline is starting on {url}",
             f"  log in:   {url}/admin/  as {username!r}"
-            + (f" with password {password!r}" if password else " (your own password)"),
+            + (f" with password {shown_password!r}" if shown_password else " (your own password)"),
             f"  API docs: {url}/api/v1/docs/",
             f"  token:    {token}",
             f"  try:      curl -H 'Authorization: Bearer {token}' {url}/api/v1/me/",

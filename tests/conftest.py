@@ -1,0 +1,40 @@
+"""The cast every permission test uses: alice (owner), bob (member), charlie (outsider), an admin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from rest_framework.test import APIClient
+
+from tests.factories import ThreadFactory, UserFactory
+from threads import services as thread_services
+from threads.models import Thread, ThreadMembership, User
+
+
+@dataclass
+class Cast:
+    alice: User
+    bob: User
+    charlie: User
+    admin: User
+    thread: Thread
+
+    def client(self, user: User | None) -> APIClient:
+        """An API client authenticated with a real bearer token (None: anonymous)."""
+        client = APIClient()
+        if user is not None:
+            _, raw = thread_services.token_issue(user=user)
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        return client
+
+
+@pytest.fixture
+def cast(db: None) -> Cast:
+    alice = UserFactory(username="alice")
+    bob = UserFactory(username="bob")
+    charlie = UserFactory(username="charlie")
+    admin = UserFactory(username="admin", is_superuser=True, is_staff=True)
+    thread = ThreadFactory(creator=alice, title="Alice's thread")
+    ThreadMembership.objects.create(thread=thread, user=bob, role=ThreadMembership.Role.MEMBER)
+    return Cast(alice=alice, bob=bob, charlie=charlie, admin=admin, thread=thread)
