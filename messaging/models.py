@@ -59,6 +59,10 @@ class Message(models.Model):
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField(auto_now=True)
 
+    # The attached file ids, set for a whole page in one query by selectors.attach_file_ids (or
+    # by message_post); loaded on first use otherwise.
+    _file_ids: list[str] | None = None
+
     class Meta:
         ordering = ["thread", "seq"]
         constraints = [
@@ -68,3 +72,13 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} #{self.seq} in {self.thread_id}"
+
+    @property
+    def file_ids(self) -> list[str]:
+        if self._file_ids is None:
+            self._file_ids = list(
+                Message.files.through.objects.filter(message_id=self.pk)
+                .order_by("id")
+                .values_list("file_id", flat=True)
+            )
+        return self._file_ids

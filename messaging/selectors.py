@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,24 @@ class MessagePage:
 
 
 def _messages(thread: Thread) -> QuerySet[Message]:
-    return Message.objects.filter(thread=thread).prefetch_related("files")
+    return Message.objects.filter(thread=thread)
+
+
+def attach_file_ids(messages: list[Message]) -> list[Message]:
+    """Load every message's file ids with one query on the link table (prefetching whole File
+    rows per message costs more than the page query itself)."""
+    by_message: dict[str, list[str]] = defaultdict(list)
+    if messages:
+        links = (
+            Message.files.through.objects.filter(message_id__in=[m.pk for m in messages])
+            .order_by("id")
+            .values_list("message_id", "file_id")
+        )
+        for message_id, file_id in links:
+            by_message[message_id].append(file_id)
+    for message in messages:
+        message._file_ids = by_message.get(message.pk, [])
+    return messages
 
 
 def message_page(
@@ -49,19 +67,29 @@ def message_page(
     if after is not None:
         rows = list(queryset.filter(seq__gt=after).order_by("seq")[: limit + 1])
         has_newer = len(rows) > limit
-        rows = rows[:limit]
-        has_older = after > 0 and Message.objects.filter(thread=thread, seq__lte=after).exists()
+        rows = attach_file_ids(rows[:limit])
+        has_older = after > 0 and _any_seq(thread, seq__lte=after, order="-seq")
         return MessagePage(messages=rows, has_older=has_older, has_newer=has_newer)
     if before is not None:
         queryset = queryset.filter(seq__lt=before)
     rows = list(queryset.order_by("-seq")[: limit + 1])
     has_older = len(rows) > limit
-    rows = rows[:limit]
+    rows = attach_file_ids(rows[:limit])
     rows.reverse()
-    has_newer = (
-        before is not None and Message.objects.filter(thread=thread, seq__gte=before).exists()
-    )
+    has_newer = before is not None and _any_seq(thread, seq__gte=before, order="seq")
     return MessagePage(messages=rows, has_older=has_older, has_newer=has_newer)
+
+
+def _any_seq(thread: Thread, *, order: str, **seq_filter: int) -> bool:
+    # Ordered by seq so the planner walks the (thread, seq) index from the cursor; a bare
+    # EXISTS lets PostgreSQL pick a sequential scan that reads half a deep thread first.
+    # (.exists() would drop the ordering again.)
+    return (
+        Message.objects.filter(thread=thread, **seq_filter)
+        .order_by(order)
+        .values_list("seq", flat=True)
+        .first()
+    ) is not None
 
 
 def access_message(*, user: User | AnonymousUser, message_id: str, perm: Perm) -> Message:
@@ -78,7 +106,7 @@ def access_message(*, user: User | AnonymousUser, message_id: str, perm: Perm) -
 
 
 def _messages_by_id(message_id: str) -> Message:
-    return Message.objects.select_related("thread").prefetch_related("files").get(pk=message_id)
+    return Message.objects.select_related("thread").get(pk=message_id)
 
 
 def require_message_editor(*, user: User, message: Message) -> None:

@@ -106,6 +106,7 @@ def message_post(
         raise Conflict("This message id is already in use.", fields={"id": [message_id]}) from exc
     thread.last_message_seq = seq
     thread.last_activity_at = now
+    message._file_ids = [file.pk for file in files]
     return message, True
 
 
