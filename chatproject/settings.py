@@ -267,6 +267,7 @@ GATEWAY_URL = env_str("GATEWAY_URL")
 
 # --- Auth, sessions, security ----------------------------------------------------------------
 
+AUTHENTICATION_BACKENDS = ["threads.backends.OneQueryModelBackend"]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
