@@ -40,7 +40,8 @@ def fill(thread_id: str, user_id: str, count: int) -> float:
             cursor.execute(
                 """
                 INSERT INTO messaging_message
-                    (id, thread_id, author_id, seq, text, meta, status, edited, created_at, updated_at)
+                    (id, thread_id, author_id, seq, text, meta, status, edited,
+                     created_at, updated_at)
                 SELECT 'msg_bench' || g, %s, %s, g,
                        'Message number ' || g || ' of the benchmark history.',
                        '{}'::jsonb, 'complete', false, now(), now()
@@ -53,7 +54,8 @@ def fill(thread_id: str, user_id: str, count: int) -> float:
                 """
                 WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < %s)
                 INSERT INTO messaging_message
-                    (id, thread_id, author_id, seq, text, meta, status, edited, created_at, updated_at)
+                    (id, thread_id, author_id, seq, text, meta, status, edited,
+                     created_at, updated_at)
                 SELECT 'msg_bench' || n, %s, %s, n,
                        'Message number ' || n || ' of the benchmark history.',
                        '{}', 'complete', 0, datetime('now'), datetime('now')
@@ -190,7 +192,7 @@ def main() -> None:
             "",
             f"One thread of {all_results[0]['messages']:,} messages; a page of 50 through the API "
             "(in-process Django test client with a bearer token: auth, permission, membership, "
-            "keyset query, file prefetch, JSON) against the bare keyset `SELECT ... LIMIT 50` on the "
+            "keyset query, file ids, JSON) against the bare keyset `SELECT ... LIMIT 50` on the "
             "same index, and the OFFSET query a naive pager would run at that depth. Milliseconds.",
             machine_line(),
             "",

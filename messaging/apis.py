@@ -44,12 +44,12 @@ class MessageOutput(serializers.Serializer):
     def get_fileIds(self, message: Message) -> list[str]:
         return message.file_ids
 
-    def to_representation(self, message: Message) -> dict[str, Any]:
+    def to_representation(self, message: Message | selectors.MessageRow) -> dict[str, Any]:
         # Written out by hand because this runs for every message of every history page: DRF's
         # generic field walk cost more than the page's queries. The fields declared above
         # document the same shape (a test checks the keys match).
         return {
-            "id": message.pk,
+            "id": message.id,
             "threadId": message.thread_id,
             "seq": message.seq,
             "userId": message.author_id,

@@ -59,8 +59,8 @@ class Message(models.Model):
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField(auto_now=True)
 
-    # The attached file ids, set for a whole page in one query by selectors.attach_file_ids (or
-    # by message_post); loaded on first use otherwise.
+    # The attached file ids: set by message_post, loaded on first use otherwise. (History pages
+    # do not use model instances; see selectors.MessageRow.)
     _file_ids: list[str] | None = None
 
     class Meta:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import Q, QuerySet
 
@@ -22,9 +23,30 @@ FILE_NOT_FOUND = "File not found."
 MAX_PAGE_SIZE = 200
 
 
+@dataclass(slots=True)
+class MessageRow:
+    """A message as a history page shows it: plain values. Building 200 model instances cost
+    more than the page's query, so pages are read with values_list into these."""
+
+    id: str
+    thread_id: str
+    seq: int
+    author_id: str | None
+    text: str
+    meta: dict[str, Any]
+    status: str
+    edited: bool
+    created_at: datetime
+    updated_at: datetime
+    file_ids: list[str] = field(default_factory=list)
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(MessageRow) if f.name != "file_ids")
+
+
 @dataclass(frozen=True)
 class MessagePage:
-    messages: list[Message]
+    messages: list[MessageRow]
     has_older: bool
     has_newer: bool
 
@@ -33,21 +55,24 @@ def _messages(thread: Thread) -> QuerySet[Message]:
     return Message.objects.filter(thread=thread)
 
 
-def attach_file_ids(messages: list[Message]) -> list[Message]:
-    """Load every message's file ids with one query on the link table (prefetching whole File
-    rows per message costs more than the page query itself)."""
+def _page_rows(queryset: QuerySet[Message], limit: int) -> list[MessageRow]:
+    return [MessageRow(*values) for values in queryset.values_list(*_ROW_FIELDS)[:limit]]
+
+
+def attach_file_ids(rows: list[MessageRow]) -> list[MessageRow]:
+    """Load every row's file ids with one query on the link table."""
     by_message: dict[str, list[str]] = defaultdict(list)
-    if messages:
+    if rows:
         links = (
-            Message.files.through.objects.filter(message_id__in=[m.pk for m in messages])
+            Message.files.through.objects.filter(message_id__in=[row.id for row in rows])
             .order_by("id")
             .values_list("message_id", "file_id")
         )
         for message_id, file_id in links:
             by_message[message_id].append(file_id)
-    for message in messages:
-        message._file_ids = by_message.get(message.pk, [])
-    return messages
+    for row in rows:
+        row.file_ids = by_message.get(row.id, [])
+    return rows
 
 
 def message_page(
@@ -65,14 +90,14 @@ def message_page(
         raise Invalid(f"limit must be 1 to {MAX_PAGE_SIZE}.", fields={"limit": ["Out of range."]})
     queryset = _messages(thread)
     if after is not None:
-        rows = list(queryset.filter(seq__gt=after).order_by("seq")[: limit + 1])
+        rows = _page_rows(queryset.filter(seq__gt=after).order_by("seq"), limit + 1)
         has_newer = len(rows) > limit
         rows = attach_file_ids(rows[:limit])
         has_older = after > 0 and _any_seq(thread, seq__lte=after, order="-seq")
         return MessagePage(messages=rows, has_older=has_older, has_newer=has_newer)
     if before is not None:
         queryset = queryset.filter(seq__lt=before)
-    rows = list(queryset.order_by("-seq")[: limit + 1])
+    rows = _page_rows(queryset.order_by("-seq"), limit + 1)
     has_older = len(rows) > limit
     rows = attach_file_ids(rows[:limit])
     rows.reverse()
