@@ -8,6 +8,7 @@ OFFSET page at the same depth, in the same run. SQLite and PostgreSQL.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -123,9 +124,11 @@ def run_backend(backend: str, messages: int, repeat: int) -> dict[str, object]:
     }
     results: dict[str, object] = {"backend": backend, "messages": messages, "fill_s": fill_seconds}
     for name, (before, bare_before, depth) in positions.items():
-        results[f"api_{name}"] = summary(timed(lambda b=before: api(b), repeat))
-        results[f"bare_{name}"] = summary(timed(lambda b=bare_before: bare(b), repeat))
-        results[f"offset_{name}"] = summary(timed(lambda d=depth: offset(d), max(20, repeat // 10)))
+        results[f"api_{name}"] = summary(timed(functools.partial(api, before), repeat))
+        results[f"bare_{name}"] = summary(timed(functools.partial(bare, bare_before), repeat))
+        results[f"offset_{name}"] = summary(
+            timed(functools.partial(offset, depth), max(20, repeat // 10))
+        )
     return results
 
 

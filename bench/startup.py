@@ -124,7 +124,7 @@ def main() -> None:
                             f"http://127.0.0.1:{port}/api/v1/threads/{thread_id}/messages/?after={after}&limit=200",
                             headers={"Authorization": f"Bearer {token}"},
                         )
-                        with urllib.request.urlopen(req, timeout=10) as resp:
+                        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
                             page = json.load(resp)
                         seen += len(page["messages"])
                         if not page["hasNewer"]:
@@ -170,8 +170,10 @@ def main() -> None:
             f"A 1,000-message chat fetched whole over HTTP (5 keyset pages of 200): "
             f"p50 {fetch['p50']:.1f} ms, p99 {fetch['p99']:.1f} ms.",
             "",
-            f"- healthy within 3 s: {'met' if healthy else 'NOT met'} (max {max(ours['start_s']):.2f} s)",
-            f"- under 250 MB resident: {'met' if lean else 'NOT met'} (max {max(ours['rss_mb']):.0f} MB)",
+            f"- healthy within 3 s: {'met' if healthy else 'NOT met'} "
+            f"(max {max(ours['start_s']):.2f} s)",
+            f"- under 250 MB resident: {'met' if lean else 'NOT met'} "
+            f"(max {max(ours['rss_mb']):.0f} MB)",
         ]
     )
     print(body)

@@ -22,7 +22,7 @@ from messaging.models import File, Message
 from messaging.uploads import SizeLimitUploadHandler, too_large, upload_request_limit_bytes
 from threads.errors import Invalid
 from threads.ids import ID_MAX_LENGTH
-from threads.permissions import Perm
+from threads.permissions import Perm, require_perm
 from threads.selectors import access_thread
 
 MAX_META_KEYS = 50
@@ -213,6 +213,8 @@ class FileUploadApi(APIView):
         summary="Upload a file (multipart field `file`); over MAX_FILE_SIZE_MB is 413",
     )
     def post(self, request: Request) -> Response:
+        # Uploading is the first half of posting a message with an attachment.
+        require_perm(request_user(request), Perm.MESSAGE_CREATE)
         # Refuse by the declared length before reading a byte of the body; the handler below
         # catches bodies that lie about their length or do not declare one.
         declared = query_int(request.META, "CONTENT_LENGTH", default=0) or 0
