@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django behind a body-size guard; WebSockets through Channels."""
+"""ASGI entry point: HTTP through Django behind a body-size guard; WebSockets through Channels
+with an origin check, session or token authentication."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 # Django must be set up before anything imports models.
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from chatproject.limits import BodySizeLimit  # noqa: E402
+from messaging.routing import websocket_urlpatterns  # noqa: E402
 from messaging.uploads import upload_request_limit_bytes  # noqa: E402
+from threads.middleware import TokenAuthMiddleware, origin_checked  # noqa: E402
 
 _UPLOAD_PATHS = ("/api/v1/files/", "/upload")
 
@@ -27,5 +31,10 @@ def _limit_for_path(path: str) -> int:
 
 
 application = ProtocolTypeRouter(
-    {"http": BodySizeLimit(django_asgi_app, limit_for_path=_limit_for_path)}  # type: ignore[arg-type]
+    {
+        "http": BodySizeLimit(django_asgi_app, limit_for_path=_limit_for_path),  # type: ignore[arg-type]
+        "websocket": origin_checked(
+            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+        ),
+    }
 )

@@ -16,10 +16,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chatproject.api import StrictInputSerializer, iso, query_int, request_user
+from chatproject.api import StrictInputSerializer, query_int, request_user
 from messaging import selectors, services
+from messaging.events import EVENT_DOCS
 from messaging.models import File, Message
 from messaging.uploads import SizeLimitUploadHandler, too_large, upload_request_limit_bytes
+from messaging.wire import message_json
 from threads.errors import Invalid
 from threads.ids import ID_MAX_LENGTH
 from threads.permissions import Perm, require_perm
@@ -45,22 +47,10 @@ class MessageOutput(serializers.Serializer):
         return message.file_ids
 
     def to_representation(self, message: Message | selectors.MessageRow) -> dict[str, Any]:
-        # Written out by hand because this runs for every message of every history page: DRF's
-        # generic field walk cost more than the page's queries. The fields declared above
-        # document the same shape (a test checks the keys match).
-        return {
-            "id": message.id,
-            "threadId": message.thread_id,
-            "seq": message.seq,
-            "userId": message.author_id,
-            "text": message.text,
-            "fileIds": message.file_ids,
-            "meta": message.meta,
-            "status": message.status,
-            "edited": message.edited,
-            "createdAt": iso(message.created_at),
-            "updatedAt": iso(message.updated_at),
-        }
+        # messaging.wire writes the shape by hand: this runs for every message of every history
+        # page, and DRF's generic field walk cost more than the page's queries. The fields
+        # declared above document the same shape (a test checks the keys match).
+        return message_json(message)
 
 
 class FileOutput(serializers.Serializer):
@@ -274,3 +264,29 @@ class FileContentApi(APIView):
         response["Content-Security-Policy"] = "sandbox; default-src 'none'"
         response["X-Content-Type-Options"] = "nosniff"
         return response
+
+
+class EventTypesApi(APIView):
+    """The events the WebSocket (/ws/v1/events/) and SSE (/api/v1/events/) doors deliver."""
+
+    class OutputSerializer(serializers.Serializer):
+        type = serializers.CharField()
+        description = serializers.CharField()
+        data = serializers.CharField(help_text="What the event's `data` holds.")  # type: ignore[assignment]
+
+    @extend_schema(
+        responses=OutputSerializer(many=True),
+        summary="Event types",
+        description=(
+            "Every event is `{type, threadId, seq, data}`; `seq` rises by one per thread with "
+            "every change. Follow threads over WebSocket at /ws/v1/events/ "
+            '(`{"action": "subscribe", "threadId": ..., "lastSeq": ...}`) or over SSE at '
+            "GET /api/v1/events/?threadId=... (resume with Last-Event-ID)."
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        types = [
+            {"type": str(kind), "description": description, "data": data}
+            for kind, (description, data) in EVENT_DOCS.items()
+        ]
+        return Response({"types": types})

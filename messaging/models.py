@@ -82,3 +82,25 @@ class Message(models.Model):
                 .values_list("file_id", flat=True)
             )
         return self._file_ids
+
+
+class ThreadEvent(models.Model):
+    """The recent event log of a thread: what a reconnecting client missed.
+
+    Written in the same transaction as the change it describes, so the log never disagrees
+    with the database and its order is the commit order; pruned to the newest
+    EVENT_LOG_KEEP events per thread (messaging.events)."""
+
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="events")
+    seq = models.BigIntegerField()
+    type = models.CharField(max_length=40)
+    data = models.JSONField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["thread", "seq"], name="event_thread_seq_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} #{self.seq} in {self.thread_id}"

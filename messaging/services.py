@@ -12,11 +12,17 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
+from messaging import events
+from messaging.events import EventType
 from messaging.filetypes import resolve_content_type
 from messaging.models import File, Message
+from messaging.wire import message_json
+from threads import services as thread_services
 from threads.errors import Conflict, Invalid, TooLarge
 from threads.ids import is_valid_client_id
-from threads.models import Thread, User
+from threads.models import Thread, ThreadMembership, User
+from threads.selectors import thread_get
+from threads.wire import member_json, thread_json
 
 MAX_FILES_PER_MESSAGE = 20
 _HASH_CHUNK = 1024 * 1024
@@ -81,12 +87,16 @@ def message_post(
     try:
         with transaction.atomic():
             # The UPDATE takes the row lock that serialises concurrent posts to this thread;
-            # the read after it sees our own increment.
+            # the read after it sees our own increments (message seq and event seq at once).
             Thread.objects.filter(pk=thread.pk).update(
-                last_message_seq=F("last_message_seq") + 1, last_activity_at=now
+                last_message_seq=F("last_message_seq") + 1,
+                last_event_seq=F("last_event_seq") + 1,
+                last_activity_at=now,
             )
-            seq = (
-                Thread.objects.filter(pk=thread.pk).values_list("last_message_seq", flat=True).get()
+            seq, event_seq = (
+                Thread.objects.filter(pk=thread.pk)
+                .values_list("last_message_seq", "last_event_seq")
+                .get()
             )
             message = Message(
                 thread=thread,
@@ -102,24 +112,41 @@ def message_post(
             message.save(force_insert=True)
             if files:
                 message.files.set(files)
+            message._file_ids = [file.pk for file in files]
+            events.record(
+                thread_id=thread.pk,
+                type=EventType.MESSAGE_ADDED,
+                data=message_json(message),
+                seq=event_seq,
+            )
     except IntegrityError as exc:  # a concurrent post with the same client id won the race
         raise Conflict("This message id is already in use.", fields={"id": [message_id]}) from exc
     thread.last_message_seq = seq
+    thread.last_event_seq = event_seq
     thread.last_activity_at = now
-    message._file_ids = [file.pk for file in files]
     return message, True
 
 
 def message_edit(*, message: Message, text: str) -> Message:
     _check_text(text)
-    message.text = text
-    message.edited = True
-    message.save(update_fields=["text", "edited", "updated_at"])
+    with transaction.atomic():
+        message.text = text
+        message.edited = True
+        message.save(update_fields=["text", "edited", "updated_at"])
+        events.record(
+            thread_id=message.thread_id, type=EventType.MESSAGE_UPDATED, data=message_json(message)
+        )
     return message
 
 
 def message_delete(*, message: Message) -> None:
-    message.delete()
+    with transaction.atomic():
+        events.record(
+            thread_id=message.thread_id,
+            type=EventType.MESSAGE_DELETED,
+            data={"id": message.pk, "seq": message.seq},
+        )
+        message.delete()
 
 
 def file_create(*, owner: User, name: str, claimed_type: str, stream: IO[bytes], size: int) -> File:
@@ -164,14 +191,121 @@ def _clean_file_name(name: str) -> str:
     return (base or "file")[:255]
 
 
+# --- thread actions -----------------------------------------------------------------------------
+# The thread writes themselves live in threads.services (the floor); these wrap them with the
+# events every door must see, in the same transaction, because events live in this layer.
+
+
+def thread_create(
+    *,
+    creator: User,
+    title: str = "",
+    members: Sequence[User] = (),
+    topic_ids: Sequence[str] = (),
+    session_prompt: str = "",
+    thread_id: str | None = None,
+) -> tuple[Thread, bool]:
+    """Create a thread (threads.services.thread_create) and announce it to every member."""
+    with transaction.atomic():
+        thread, created = thread_services.thread_create(
+            creator=creator,
+            title=title,
+            members=members,
+            topic_ids=topic_ids,
+            session_prompt=session_prompt,
+            thread_id=thread_id,
+        )
+        if created:
+            seq = events.next_seq(thread.pk)
+            fresh = thread_get(thread_id=thread.pk)
+            events.record(
+                thread_id=thread.pk,
+                type=EventType.THREAD_ADDED,
+                data=thread_json(fresh),
+                seq=seq,
+                also_to_users=[m.user_id for m in fresh.memberships.all()],
+            )
+    return thread, created
+
+
+def thread_update(
+    *,
+    thread: Thread,
+    title: str | None = None,
+    topic_ids: Sequence[str] | None = None,
+    session_prompt: str | None = None,
+) -> Thread:
+    with transaction.atomic():
+        thread_services.thread_update(
+            thread=thread, title=title, topic_ids=topic_ids, session_prompt=session_prompt
+        )
+        seq = events.next_seq(thread.pk)
+        fresh = thread_get(thread_id=thread.pk)
+        events.record(
+            thread_id=thread.pk, type=EventType.THREAD_UPDATE, data=thread_json(fresh), seq=seq
+        )
+    return fresh
+
+
+def membership_add(*, thread: Thread, actor: User, users: Sequence[User]) -> list[User]:
+    """Add members; each added user is told on their own stream (chatThreadAdded)."""
+    with transaction.atomic():
+        added = thread_services.membership_add(thread=thread, actor=actor, users=users)
+        if not added:
+            return added
+        memberships = {
+            m.user_id: m
+            for m in ThreadMembership.objects.select_related("user").filter(
+                thread=thread, user__in=added
+            )
+        }
+        for user in added:
+            events.record(
+                thread_id=thread.pk,
+                type=EventType.MEMBER_ADDED,
+                data=member_json(memberships[user.pk]),
+            )
+        fresh = thread_get(thread_id=thread.pk)
+        events.notify_users(
+            thread_id=thread.pk,
+            type=EventType.THREAD_ADDED,
+            data=thread_json(fresh),
+            seq=fresh.last_event_seq,
+            user_ids=[user.pk for user in added],
+        )
+    return added
+
+
+def membership_remove(*, thread: Thread, actor: User, user_id: str) -> None:
+    """Remove a member (or leave). The removed user's subscriptions end at this event."""
+    with transaction.atomic():
+        thread_services.membership_remove(thread=thread, actor=actor, user_id=user_id)
+        events.record(
+            thread_id=thread.pk,
+            type=EventType.MEMBER_REMOVED,
+            data={"userId": user_id},
+            also_to_users=[user_id],
+        )
+
+
 def thread_delete(*, thread: Thread) -> None:
     """Delete a thread, its messages, and the files attached only to its messages.
 
-    This lives in messaging rather than threads because the thread owns messages and files,
-    which the floor layer does not know about. Blobs are removed after commit, so a rollback
-    never leaves rows pointing at deleted bytes.
+    Lives here because the thread owns messages and files, which the floor layer does not know
+    about. Blobs are removed after commit, so a rollback never leaves rows pointing at deleted
+    bytes. The deletion event is not logged: the log goes with the thread.
     """
     with transaction.atomic():
+        member_ids = list(
+            ThreadMembership.objects.filter(thread=thread).values_list("user_id", flat=True)
+        )
+        events.record(
+            thread_id=thread.pk,
+            type=EventType.THREAD_DELETED,
+            data={"id": thread.pk},
+            also_to_users=member_ids,
+            log=False,
+        )
         files = list(
             File.objects.filter(messages__thread=thread)
             .annotate(

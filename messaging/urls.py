@@ -1,8 +1,10 @@
 from django.urls import path
 
-from messaging import apis
+from messaging import apis, sse
 
 urlpatterns = [
+    path("events/", sse.events_stream, name="events-stream"),
+    path("events/types/", apis.EventTypesApi.as_view(), name="event-types"),
     path(
         "threads/<str:thread_id>/messages/",
         apis.ThreadMessagesApi.as_view(),

@@ -12,21 +12,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chatproject.api import StrictInputSerializer, query_int, request_user
-from messaging.services import thread_delete
+from messaging import services as actions
 from threads import selectors, services
 from threads.errors import Invalid
 from threads.ids import ID_MAX_LENGTH
-from threads.models import Thread, User
+from threads.models import Thread, ThreadMembership, User
 from threads.permissions import Perm, require_perm, user_chat_permissions
+from threads.wire import member_json, thread_json
 
 MAX_TITLE = 200
 MAX_SESSION_PROMPT = 20_000
 MAX_LIST = 100
-
-
-class UserOutput(serializers.Serializer):
-    id = serializers.CharField()
-    username = serializers.CharField()
 
 
 class MemberOutput(serializers.Serializer):
@@ -34,6 +30,9 @@ class MemberOutput(serializers.Serializer):
     username = serializers.CharField(source="user.username")
     role = serializers.CharField()
     joinedAt = serializers.DateTimeField(source="joined_at")
+
+    def to_representation(self, membership: ThreadMembership) -> dict[str, Any]:
+        return member_json(membership)
 
 
 class ThreadOutput(serializers.Serializer):
@@ -44,12 +43,16 @@ class ThreadOutput(serializers.Serializer):
     topicIds = serializers.SerializerMethodField()
     sessionPrompt = serializers.CharField(source="session_prompt")
     lastMessageSeq = serializers.IntegerField(source="last_message_seq")
+    lastEventSeq = serializers.IntegerField(source="last_event_seq")
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
     lastActivityAt = serializers.DateTimeField(source="last_activity_at")
 
     def get_topicIds(self, thread: Thread) -> list[str]:
         return sorted(topic.pk for topic in thread.topics.all())
+
+    def to_representation(self, thread: Thread) -> dict[str, Any]:
+        return thread_json(thread)
 
 
 def _user_refs(value: list[str]) -> list[User]:
@@ -136,7 +139,7 @@ class ThreadListCreateApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
-        thread, created = services.thread_create(
+        thread, created = actions.thread_create(
             creator=request_user(request),
             title=data.get("title", ""),
             members=_user_refs(data.get("userIds", [])),
@@ -177,7 +180,7 @@ class ThreadDetailApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
-        services.thread_update(
+        actions.thread_update(
             thread=thread,
             title=data.get("title"),
             topic_ids=data.get("topicIds"),
@@ -191,8 +194,7 @@ class ThreadDetailApi(APIView):
             user=request_user(request), thread_id=thread_id, perm=Perm.THREAD_DELETE
         )
         services.require_owner(thread=thread, actor=request_user(request))
-        # Deleting reaches into messages and files, so the service lives one layer up.
-        thread_delete(thread=thread)
+        actions.thread_delete(thread=thread)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -219,7 +221,7 @@ class ThreadMembersApi(APIView):
         )
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        services.membership_add(
+        actions.membership_add(
             thread=thread,
             actor=request_user(request),
             users=_user_refs(serializer.validated_data["userIds"]),
@@ -233,7 +235,7 @@ class ThreadMemberDetailApi(APIView):
         thread = selectors.access_thread(
             user=request_user(request), thread_id=thread_id, perm=Perm.THREAD_EDIT
         )
-        services.membership_remove(thread=thread, actor=request_user(request), user_id=user_id)
+        actions.membership_remove(thread=thread, actor=request_user(request), user_id=user_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -94,6 +94,9 @@ class Thread(models.Model):
     # The last message sequence number handed out; message_post increments it under a row lock,
     # which makes Message.seq gap-free at write time and monotonic forever.
     last_message_seq = models.BigIntegerField(default=0)
+    # The last event sequence number handed out (messaging.events): every change to the thread
+    # takes the next one in the same transaction, so clients resume from a number.
+    last_event_seq = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     last_activity_at = models.DateTimeField(db_index=True)

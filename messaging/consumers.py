@@ -1,0 +1,107 @@
+"""The WebSocket door onto a user's event stream: /ws/v1/events/.
+
+Frames in: `{"action": "subscribe", "threadId": "thr_…", "lastSeq": 41}`, `unsubscribe`, `ping`.
+Frames out: events (`{"type", "threadId", "seq", "data"}`), `{"type": "subscribed", ...}`
+acknowledgements and `{"type": "error", "error": {"code", "message"}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from messaging.streams import Subscription
+from threads.errors import ApplicationError, Invalid
+from threads.models import User
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 64 * 1024
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_TOO_BIG = 1009
+
+
+class EventsConsumer(AsyncWebsocketConsumer):
+    subscription: Subscription | None = None
+
+    async def connect(self) -> None:
+        # AuthMiddlewareStack leaves a resolved lazy object; work with the real user.
+        user = getattr(self.scope.get("user"), "_wrapped", self.scope.get("user"))
+        if not isinstance(user, User) or not user.is_active:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        await self.accept()
+        self.subscription = Subscription(user=user, send=self._send_text)
+        try:
+            await self.subscription.open()
+        except ApplicationError as exc:
+            await self._error(exc)
+            await self.close(code=CLOSE_FORBIDDEN)
+
+    async def disconnect(self, code: int) -> None:
+        if self.subscription is not None:
+            await self.subscription.close()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.subscription is None:
+            return
+        raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
+        if len(raw.encode()) > MAX_FRAME_BYTES:
+            await self.close(code=CLOSE_TOO_BIG)
+            return
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            await self._error(Invalid("Frames are JSON objects."))
+            return
+        if not isinstance(frame, dict):
+            await self._error(Invalid("Frames are JSON objects."))
+            return
+        try:
+            await self._dispatch(frame)
+        except ApplicationError as exc:
+            await self._error(exc, request=frame)
+
+    async def _dispatch(self, frame: dict[str, Any]) -> None:
+        assert self.subscription is not None  # noqa: S101 - set before any frame is read
+        action = frame.get("action")
+        if action == "ping":
+            await self._send_json({"type": "pong", "ref": frame.get("ref")})
+            return
+        thread_id = frame.get("threadId")
+        if action not in {"subscribe", "unsubscribe"}:
+            raise Invalid(f"Unknown action {action!r}.", fields={"action": ["Unknown action."]})
+        if not isinstance(thread_id, str) or not thread_id:
+            raise Invalid("threadId is required.", fields={"threadId": ["Required."]})
+        if action == "unsubscribe":
+            await self.subscription.unsubscribe(thread_id)
+            await self._send_json({"type": "unsubscribed", "threadId": thread_id})
+            return
+        last_seq = frame.get("lastSeq")
+        if last_seq is not None and (not isinstance(last_seq, int) or isinstance(last_seq, bool)):
+            raise Invalid("lastSeq must be an integer.", fields={"lastSeq": ["Not an integer."]})
+        await self.subscription.subscribe(thread_id, last_seq, announce=self._announce)
+
+    async def _announce(self, thread_id: str, seq: int) -> None:
+        # Sent once access is granted and before the catch-up events that follow it.
+        await self._send_json({"type": "subscribed", "threadId": thread_id, "seq": seq})
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
+
+    async def _send_json(self, payload: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(payload, separators=(",", ":")))
+
+    async def _error(self, exc: ApplicationError, request: dict[str, Any] | None = None) -> None:
+        payload: dict[str, Any] = {
+            "type": "error",
+            "error": {"code": exc.code, "message": exc.message, "fields": exc.fields},
+        }
+        if request is not None:
+            payload["action"] = request.get("action")
+            payload["threadId"] = request.get("threadId")
+        await self._send_json(payload)

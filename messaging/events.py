@@ -1,0 +1,247 @@
+"""Events: the one module that touches the channel layer.
+
+Every change to a thread is an event `{"type", "threadId", "seq", "data"}`. `record()` runs inside
+the writer's transaction: it takes the thread's next event seq (under the thread row's lock),
+appends the event to the thread's log (messaging.ThreadEvent) and publishes it after commit. So
+the log and the database never disagree, `seq` follows commit order, and a client that missed
+something reads it back from the log by number.
+
+Delivery inside a server process goes through one `Hub` per event loop: it holds one channel on
+the layer, joins a thread's group once for all of the process's subscribers to that thread, and
+hands each event, serialised once at publish time, to the local subscribers. Stock Channels gives
+every socket its own channel, queue and group membership instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any, Protocol
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from messaging.models import ThreadEvent
+from threads.models import Thread
+
+logger = logging.getLogger(__name__)
+
+# How many events per thread a reconnecting client can catch up on; older gaps get `resync`.
+EVENT_LOG_KEEP = 1000
+_PRUNE_EVERY = 100
+
+
+class EventType(StrEnum):
+    THREAD_ADDED = "chatThreadAdded"
+    THREAD_UPDATE = "chatThreadUpdate"
+    THREAD_DELETED = "chatThreadDeleted"
+    MEMBER_ADDED = "chatMemberAdded"
+    MEMBER_REMOVED = "chatMemberRemoved"
+    MESSAGE_ADDED = "chatMessageAdded"
+    MESSAGE_UPDATED = "chatMessageUpdated"
+    MESSAGE_DELETED = "chatMessageDeleted"
+    RESYNC = "resync"
+
+
+# What each event means and what its `data` holds; served at /api/v1/events/types/.
+EVENT_DOCS: dict[EventType, tuple[str, str]] = {
+    EventType.THREAD_ADDED: (
+        "A thread you are in was created, or you were added to one. Sent to you without "
+        "subscribing.",
+        "the thread, as GET /api/v1/threads/{id}/ returns it",
+    ),
+    EventType.THREAD_UPDATE: ("A thread's title, topics or session prompt changed.", "the thread"),
+    EventType.THREAD_DELETED: (
+        "The thread was deleted; the subscription ends.",
+        '{"id": threadId}',
+    ),
+    EventType.MEMBER_ADDED: ("Someone joined the thread.", "the member (userId, username, role)"),
+    EventType.MEMBER_REMOVED: (
+        "Someone left or was removed. If it is you, this is the last event you get from the "
+        "thread.",
+        '{"userId": ...}',
+    ),
+    EventType.MESSAGE_ADDED: ("A message was posted.", "the message"),
+    EventType.MESSAGE_UPDATED: ("A message was edited or its status changed.", "the message"),
+    EventType.MESSAGE_DELETED: ("A message was deleted.", '{"id": messageId, "seq": messageSeq}'),
+    EventType.RESYNC: (
+        "You asked to resume from a point older than the event log keeps: refetch the thread "
+        "over REST, then carry on from this event's seq.",
+        '{"reason": ...}',
+    ),
+}
+
+
+def thread_group(thread_id: str) -> str:
+    return f"thread.{thread_id}"
+
+
+def user_group(user_id: str) -> str:
+    return f"user.{user_id}"
+
+
+def encode(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def next_seq(thread_id: str) -> int:
+    """Take the thread's next event seq. Call inside a transaction: the UPDATE locks the thread
+    row until commit, which is what makes seq order the commit order."""
+    Thread.objects.filter(pk=thread_id).update(last_event_seq=F("last_event_seq") + 1)
+    return int(Thread.objects.filter(pk=thread_id).values_list("last_event_seq", flat=True).get())
+
+
+def record(
+    *,
+    thread_id: str,
+    type: EventType,
+    data: dict[str, Any],
+    seq: int | None = None,
+    also_to_users: Iterable[str] = (),
+    log: bool = True,
+) -> dict[str, Any]:
+    """Log an event and publish it to the thread's subscribers after commit.
+
+    Must run inside the transaction that makes the change. `seq` may be passed when the caller
+    already took it (message_post takes it in the same UPDATE as the message seq).
+    `also_to_users` also delivers it to those users' own streams; `log=False` is for the event
+    that deletes the thread (its log goes with it).
+    """
+    if seq is None:
+        seq = next_seq(thread_id)
+    event = {"type": str(type), "threadId": thread_id, "seq": seq, "data": data}
+    if settings.DEBUG or getattr(settings, "TESTING", False):
+        # Fail here, not in a consumer far away, if something is not JSON.
+        event = json.loads(encode(event))
+    if log:
+        ThreadEvent.objects.create(
+            thread_id=thread_id, seq=seq, type=str(type), data=data, created_at=timezone.now()
+        )
+        if seq % _PRUNE_EVERY == 0:
+            ThreadEvent.objects.filter(thread_id=thread_id, seq__lte=seq - EVENT_LOG_KEEP).delete()
+    groups = [thread_group(thread_id), *(user_group(u) for u in also_to_users)]
+    transaction.on_commit(lambda: publish(event, groups=groups))
+    return event
+
+
+def notify_users(
+    *, thread_id: str, type: EventType, data: dict[str, Any], seq: int, user_ids: Iterable[str]
+) -> None:
+    """Tell users about a thread on their own streams after commit, without a new seq or a
+    log entry (e.g. chatThreadAdded to someone just added, who follows nothing yet)."""
+    event = {"type": str(type), "threadId": thread_id, "seq": seq, "data": data}
+    groups = [user_group(u) for u in user_ids]
+    transaction.on_commit(lambda: publish(event, groups=groups))
+
+
+def publish(event: dict[str, Any], *, groups: Iterable[str]) -> None:
+    """Send an event to groups now. Only record() and the streaming code call this."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    text = encode(event)
+    send = async_to_sync(layer.group_send)
+    for group in groups:
+        try:
+            # `target` tells a hub subscribed to several groups which one this copy came by.
+            send(group, {"type": "thread.event", "target": group, "event": event, "text": text})
+        except Exception:
+            # The change is committed and logged; a subscriber who missed the live copy
+            # fills the gap from the log on the next event or on reconnect.
+            logger.exception("publishing %s to %s failed", event["type"], group)
+
+
+def log_since(*, thread_id: str, after_seq: int) -> tuple[list[dict[str, Any]], bool]:
+    """The logged events of a thread after `after_seq`, oldest first, and whether the log
+    still reaches back that far (False: the caller must resync)."""
+    rows = list(
+        ThreadEvent.objects.filter(thread_id=thread_id, seq__gt=after_seq)
+        .order_by("seq")
+        .values_list("seq", "type", "data")
+    )
+    complete = not rows or rows[0][0] == after_seq + 1
+    events = [{"type": t, "threadId": thread_id, "seq": s, "data": d} for s, t, d in rows]
+    return events, complete
+
+
+# --- delivery inside a server process ----------------------------------------------------------
+
+
+class Sink(Protocol):
+    """A connection's subscription, as the hub sees it."""
+
+    async def on_event(self, group: str, event: dict[str, Any], text: str) -> None: ...
+
+
+class Hub:
+    """Joins each group once per process and fans events out to local sinks."""
+
+    def __init__(self) -> None:
+        self.layer = get_channel_layer()
+        self.sinks: dict[str, set[Sink]] = defaultdict(set)
+        self.channel: str | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def add(self, group: str, sink: Sink) -> None:
+        async with self._lock:
+            if self.channel is None:
+                self.channel = await self.layer.new_channel("hub.")
+                self._reader = asyncio.create_task(
+                    self._read(self.channel), name="threadline-event-hub"
+                )
+            first = not self.sinks[group]
+            self.sinks[group].add(sink)
+            if first:
+                await self.layer.group_add(group, self.channel)
+
+    async def discard(self, group: str, sink: Sink) -> None:
+        async with self._lock:
+            members = self.sinks.get(group)
+            if not members or sink not in members:
+                return
+            members.discard(sink)
+            if not members:
+                del self.sinks[group]
+                if self.channel is not None:
+                    await self.layer.group_discard(group, self.channel)
+
+    async def _read(self, channel: str) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("event hub receive failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            event = message.get("event")
+            if not isinstance(event, dict):
+                continue
+            group = str(message.get("target"))
+            for sink in list(self.sinks.get(group, ())):
+                try:
+                    await sink.on_event(group, event, message["text"])
+                except Exception:
+                    logger.exception("delivering %s failed", event.get("type"))
+
+
+_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+
+
+def hub() -> Hub:
+    """The hub of the running event loop (one per server process in practice)."""
+    loop = asyncio.get_running_loop()
+    current = _hubs.get(loop)
+    if current is None:
+        current = _hubs[loop] = Hub()
+    return current

@@ -1,0 +1,134 @@
+"""The Server-Sent Events door onto a user's event stream: GET /api/v1/events/?threadId=….
+
+EventSource-compatible: each event carries an `id:` that encodes the position in every followed
+thread (`thr_a:41,thr_b:7`), so the browser's automatic `Last-Event-ID` on reconnect resumes all
+of them; `?lastEventId=` does the same for clients that cannot set headers. A comment line every
+KEEPALIVE_SECONDS keeps proxies from closing an idle stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from channels.db import database_sync_to_async
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+
+from chatproject.api import error_body
+from messaging.streams import MAX_THREADS_PER_CONNECTION, Subscription
+from threads.authentication import user_from_token
+from threads.errors import ApplicationError, Invalid
+from threads.models import User
+
+logger = logging.getLogger(__name__)
+
+KEEPALIVE_SECONDS = 15.0
+QUEUE_LIMIT = 10_000
+
+
+def parse_positions(raw: str) -> dict[str, int]:
+    """`thr_a:41,thr_b:7` → {"thr_a": 41, "thr_b": 7}; Invalid for anything else."""
+    positions: dict[str, int] = {}
+    if not raw.strip():
+        return positions
+    for part in raw.split(","):
+        thread_id, sep, seq = part.strip().rpartition(":")
+        if not sep or not thread_id or not seq.isdigit():
+            raise Invalid(
+                "Last-Event-ID must look like thr_a:41,thr_b:7.",
+                fields={"lastEventId": ["Malformed."]},
+            )
+        positions[thread_id] = int(seq)
+    return positions
+
+
+def format_positions(positions: dict[str, int]) -> str:
+    return ",".join(f"{thread_id}:{seq}" for thread_id, seq in positions.items())
+
+
+async def _authenticate(request: HttpRequest) -> User | None:
+    header = request.headers.get("Authorization", "").split()
+    raw = None
+    if len(header) == 2 and header[0].lower() in {"bearer", "token"}:
+        raw = header[1]
+    elif request.GET.get("token"):
+        raw = request.GET["token"]
+    if raw is not None:
+        return await database_sync_to_async(user_from_token)(raw)
+    user = await request.auser()
+    return user if isinstance(user, User) and user.is_active else None
+
+
+def _error(exc: ApplicationError) -> JsonResponse:
+    return JsonResponse(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+
+
+async def events_stream(request: HttpRequest) -> HttpResponseBase:
+    if request.method != "GET":
+        return JsonResponse(error_body("method_not_allowed", "Use GET."), status=405)
+    user = await _authenticate(request)
+    if user is None:
+        return JsonResponse(
+            error_body("not_authenticated", "Authentication credentials were not provided."),
+            status=401,
+        )
+    thread_ids = list(dict.fromkeys(request.GET.getlist("threadId")))
+    if len(thread_ids) > MAX_THREADS_PER_CONNECTION:
+        return _error(Invalid(f"At most {MAX_THREADS_PER_CONNECTION} threadId parameters."))
+    try:
+        resume = parse_positions(
+            request.headers.get("Last-Event-ID") or request.GET.get("lastEventId", "")
+        )
+    except Invalid as exc:
+        return _error(exc)
+
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+
+    async def send(text: str) -> None:
+        try:
+            queue.put_nowait(text)
+        except asyncio.QueueFull:
+            # A client this far behind is dropped; it reconnects and resumes from the log.
+            logger.warning("SSE client of %s fell %d events behind; closing", user.pk, QUEUE_LIMIT)
+            subscription.closed = True
+
+    subscription = Subscription(user=user, send=send)
+    positions: dict[str, int] = {}
+    try:
+        await subscription.open()
+        for thread_id in thread_ids:
+
+            async def announce(canonical: str, seq: int) -> None:
+                positions[canonical] = seq
+
+            await subscription.subscribe(thread_id, resume.get(thread_id), announce=announce)
+            if thread_id in resume and thread_id in positions:
+                positions[thread_id] = resume[thread_id]
+    except ApplicationError as exc:
+        await subscription.close()
+        return _error(exc)
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield f"retry: 2000\nid: {format_positions(positions)}\n: connected\n\n"
+            while not subscription.closed:
+                try:
+                    text = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                event = json.loads(text)
+                thread_id = event.get("threadId")
+                if thread_id in positions and isinstance(event.get("seq"), int):
+                    positions[thread_id] = event["seq"]
+                yield f"id: {format_positions(positions)}\nevent: {event['type']}\ndata: {text}\n\n"
+        finally:
+            await subscription.close()
+
+    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    return response
