@@ -182,10 +182,18 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis, channels, Celery -----------------------------------------------------------------
 
 REDIS_URL = env_secret("REDIS_URL")
+# pubsub (default) had the better tails in the fan-out measurements; core is channels-redis'
+# list-based layer, for deployments that want its delivery guarantees.
+CHANNEL_LAYER = env_choice("CHANNEL_LAYER", "pubsub", ("pubsub", "core"))
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": (
+                "channels_redis.pubsub.RedisPubSubChannelLayer"
+                if CHANNEL_LAYER == "pubsub"
+                else "channels_redis.core.RedisChannelLayer"
+            ),
+            # redis-py 8 caps the pool at 100 connections otherwise, and bursts then fail.
             "CONFIG": {"hosts": [{"address": REDIS_URL, "max_connections": 1000}]},
         }
     }

@@ -26,6 +26,10 @@ CLOSE_TOO_BIG = 1009
 
 
 class EventsConsumer(AsyncWebsocketConsumer):
+    # No channel-layer channel per socket: the process's event hub (messaging.events) does the
+    # layer work for all its sockets, and a per-socket channel would only add a receive loop
+    # and a queue to every connection. An alias that names no layer turns it off.
+    channel_layer_alias = "none: sockets use the event hub"
     subscription: Subscription | None = None
 
     async def connect(self) -> None:

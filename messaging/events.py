@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable
 from enum import StrEnum
@@ -194,7 +195,10 @@ class Hub:
     async def add(self, group: str, sink: Sink) -> None:
         async with self._lock:
             if self.channel is None:
-                self.channel = await self.layer.new_channel("hub.")
+                # The layer's default prefix: channels-redis' core layer reads all of a
+                # process's channels with one blocking pop per prefix, and a second prefix
+                # would wait behind the consumers' own reads.
+                self.channel = await self.layer.new_channel()
                 self._reader = asyncio.create_task(
                     self._read(self.channel), name="threadline-event-hub"
                 )
@@ -235,7 +239,8 @@ class Hub:
                     logger.exception("delivering %s failed", event.get("type"))
 
 
-_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+# Keyed weakly so a finished loop (a test's, say) takes its hub with it.
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
 
 
 def hub() -> Hub:
