@@ -207,7 +207,8 @@ async def measure(
             await asyncio.sleep(2)
             after = rss_mb(proc.pid)
 
-            completions, deliveries = [], []
+            completions: list[float] = []
+            deliveries: list[float] = []
             for k in range(broadcasts):
                 sent = time.monotonic()
                 await post(k)
