@@ -1,1 +1,153 @@
-"""AI models, grants, the ledger, runs and artifacts arrive with the AI-replies issue."""
+"""The AI participant: the model catalog and who may use which, money, and runs."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q
+
+from messaging.models import Message
+from threads.ids import ID_MAX_LENGTH, new_model_id, new_run_id
+from threads.models import Thread
+
+
+class AIModel(models.Model):
+    class Provider(models.TextChoices):
+        LOCAL = "local", "Bundled model (llama-cpp-python, in the worker)"
+        OPENAI = "openai", "OpenAI-compatible server"
+
+    id = models.CharField(primary_key=True, max_length=ID_MAX_LENGTH, default=new_model_id)
+    name = models.CharField(max_length=100, unique=True, help_text="What users pick.")
+    provider = models.CharField(max_length=20, choices=Provider.choices, default=Provider.LOCAL)
+    provider_model = models.CharField(
+        max_length=200, blank=True, help_text="The model's name at the provider (openai)."
+    )
+    context_window = models.PositiveIntegerField(default=2048)
+    max_output_tokens = models.PositiveIntegerField(default=256)
+    price_input_per_1k = models.DecimalField(default=Decimal(0), max_digits=16, decimal_places=6)
+    price_output_per_1k = models.DecimalField(default=Decimal(0), max_digits=16, decimal_places=6)
+    is_active = models.BooleanField(default=True)
+    is_default = models.BooleanField(default=False, help_text="Used when a request names none.")
+    available_to_all = models.BooleanField(
+        default=False, help_text="Every user may use it, without a grant."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "AI model"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelGrant(models.Model):
+    """Lets one user, or every member of one group, use a model."""
+
+    model = models.ForeignKey(AIModel, on_delete=models.CASCADE, related_name="grants")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True
+    )
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(user__isnull=False, group__isnull=True)
+                | Q(user__isnull=True, group__isnull=False),
+                name="grant_user_xor_group",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} → {self.user or self.group}"
+
+
+class Account(models.Model):
+    """A user's balance. `balance` always equals the sum of the user's ledger entries: both are
+    written in one transaction with this row locked."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="account"
+    )
+    balance = models.DecimalField(default=Decimal(0), max_digits=16, decimal_places=6)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.balance}"
+
+
+class AgentRun(models.Model):
+    """One AI reply being produced: the AI message, the model, the money, the worker's state."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        COMPLETE = "complete", "Complete"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    id = models.CharField(primary_key=True, max_length=ID_MAX_LENGTH, default=new_run_id)
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="runs")
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="run")
+    request_message = models.ForeignKey(
+        Message, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="runs"
+    )
+    model = models.ForeignKey(AIModel, on_delete=models.PROTECT, related_name="runs")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    reserved = models.DecimalField(default=Decimal(0), max_digits=16, decimal_places=6)
+    cost = models.DecimalField(default=Decimal(0), max_digits=16, decimal_places=6)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+
+class LedgerEntry(models.Model):
+    """One movement of a user's money. Credits are positive; reservations, charges negative;
+    releases give back what a reservation held beyond the real cost."""
+
+    class Kind(models.TextChoices):
+        CREDIT = "credit", "Credit"
+        RESERVE = "reserve", "Reservation"
+        SETTLE = "settle", "Settlement"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="entries")
+    amount = models.DecimalField(max_digits=16, decimal_places=6)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    run = models.ForeignKey(
+        AgentRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="ledger"
+    )
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "ledger entries"
+        constraints = [
+            # A retried task can never reserve or settle the same run twice.
+            models.UniqueConstraint(
+                fields=["run", "kind"], condition=Q(run__isnull=False), name="ledger_once_per_run"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} ({self.account_id})"

@@ -30,6 +30,12 @@ def _limit_for_path(path: str) -> int:
     return int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
 
 
+if settings.EMBEDDED_WORKER and not settings.TESTING:
+    from chatproject.embedded import start_reaper, start_worker
+
+    start_worker()
+    start_reaper()
+
 application = ProtocolTypeRouter(
     {
         "http": BodySizeLimit(django_asgi_app, limit_for_path=_limit_for_path),  # type: ignore[arg-type]

@@ -198,9 +198,10 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "chatproject.embedded.ThreadSafeInMemoryChannelLayer"}}
 
 CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL", REDIS_URL or "memory://")
+EMBEDDED_WORKER = CELERY_BROKER_URL.startswith("memory://")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -271,6 +272,16 @@ LLM_BASE_URL = env_str("LLM_BASE_URL")
 LLM_API_KEY = env_secret("LLM_API_KEY")
 LLM_MODEL = env_str("LLM_MODEL")
 AGENT_MODE = env_choice("AGENT_MODE", "auto", ("auto", "crew", "core"))
+LLM_TIMEOUT_SECONDS = env_int("LLM_TIMEOUT_SECONDS", 60, minimum=1)
+# Every new user's starting credit, in the ledger's currency (the bundled model is free).
+STARTING_BALANCE = env_str("STARTING_BALANCE", "1.00")
+# Streaming: deltas are batched for this long before one event goes out; the partial text is
+# saved (and the stop flag read) this often; a run whose heartbeat is older than
+# RUN_STALE_SECONDS lost its worker.
+STREAM_FLUSH_MS = env_int("STREAM_FLUSH_MS", 50, minimum=0)
+STREAM_SAVE_MS = env_int("STREAM_SAVE_MS", 300, minimum=50)
+RUN_STALE_SECONDS = env_int("RUN_STALE_SECONDS", 10, minimum=2)
+RUN_TIME_LIMIT_SECONDS = env_int("RUN_TIME_LIMIT_SECONDS", 300, minimum=10)
 GATEWAY_URL = env_str("GATEWAY_URL")
 
 # --- Auth, sessions, security ----------------------------------------------------------------

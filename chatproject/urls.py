@@ -16,6 +16,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 api_v1: list[URLPattern | URLResolver] = [
     path("", include("threads.urls")),
     path("", include("messaging.urls")),
+    path("", include("agents.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

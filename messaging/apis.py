@@ -7,6 +7,7 @@ from typing import Any
 from django.core.files.storage import FileSystemStorage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import MemoryFileUploadHandler, TemporaryFileUploadHandler
+from django.db import transaction
 from django.http import FileResponse, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -16,6 +17,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents.selectors import model_for_request
+from agents.services import reply_regenerate, reply_request, run_stop
 from chatproject.api import StrictInputSerializer, query_int, request_user
 from messaging import selectors, services
 from messaging.events import EVENT_DOCS
@@ -84,6 +87,13 @@ class ThreadMessagesApi(APIView):
             max_length=services.MAX_FILES_PER_MESSAGE,
         )
         meta = _MetaField(required=False)
+        reply = serializers.BooleanField(
+            required=False,
+            help_text="Ask the AI to answer (default: the thread's aiReply setting).",
+        )
+        modelId = serializers.CharField(
+            required=False, max_length=100, help_text="A model id or name; default model if absent."
+        )
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
             if not attrs.get("text", "").strip() and not attrs.get("fileIds"):
@@ -136,24 +146,32 @@ class ThreadMessagesApi(APIView):
         summary="Post a message (a retried post with the same id returns the first)",
     )
     def post(self, request: Request, thread_id: str) -> Response:
-        thread = access_thread(
-            user=request_user(request), thread_id=thread_id, perm=Perm.MESSAGE_CREATE
-        )
+        user = request_user(request)
+        thread = access_thread(user=user, thread_id=thread_id, perm=Perm.MESSAGE_CREATE)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
-        message, created = services.message_post(
-            thread=thread,
-            author=request_user(request),
-            text=data["text"],
-            file_ids=data.get("fileIds", []),
-            meta=data.get("meta"),
-            message_id=data.get("id"),
-        )
-        return Response(
-            MessageOutput(message).data,
-            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
-        )
+        wants_reply = data.get("reply", thread.ai_reply)
+        # Refuse a model the user may not use before writing anything.
+        model = model_for_request(user=user, model_ref=data.get("modelId")) if wants_reply else None
+        with transaction.atomic():
+            message, created = services.message_post(
+                thread=thread,
+                author=user,
+                text=data["text"],
+                file_ids=data.get("fileIds", []),
+                meta=data.get("meta"),
+                message_id=data.get("id"),
+            )
+            run = None
+            if created and model is not None:
+                run = reply_request(
+                    thread=thread, requester=user, request_message=message, model=model
+                )
+        body = MessageOutput(message).data
+        if run is not None:
+            body["reply"] = {"messageId": run.message_id, "runId": run.pk, "modelId": run.model_id}
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class MessageDetailApi(APIView):
@@ -186,6 +204,38 @@ class MessageDetailApi(APIView):
         selectors.require_message_deleter(user=request_user(request), message=message)
         services.message_delete(message=message)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MessageStopApi(APIView):
+    @extend_schema(
+        request=None,
+        responses=MessageOutput,
+        summary="Stop an AI reply (the asker, the thread's owner or an admin)",
+        description="Generation stops within a second; the partial text stays, status "
+        "`cancelled`, and only the tokens produced are charged.",
+    )
+    def post(self, request: Request, message_id: str) -> Response:
+        user = request_user(request)
+        message = selectors.access_message(user=user, message_id=message_id, perm=Perm.MESSAGE_VIEW)
+        run_stop(message=message, actor=user)
+        message.refresh_from_db()
+        return Response(MessageOutput(message).data)
+
+
+class MessageRegenerateApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={201: MessageOutput},
+        summary="Answer the same question again, as a new AI message",
+    )
+    def post(self, request: Request, message_id: str) -> Response:
+        user = request_user(request)
+        message = selectors.access_message(
+            user=user, message_id=message_id, perm=Perm.MESSAGE_CREATE
+        )
+        with transaction.atomic():
+            run = reply_regenerate(message=message, actor=user)
+        return Response(MessageOutput(run.message).data, status=status.HTTP_201_CREATED)
 
 
 class FileUploadApi(APIView):

@@ -49,7 +49,14 @@ class EventType(StrEnum):
     MESSAGE_ADDED = "chatMessageAdded"
     MESSAGE_UPDATED = "chatMessageUpdated"
     MESSAGE_DELETED = "chatMessageDeleted"
+    MESSAGE_DELTA = "chatMessageDelta"
+    MESSAGE_COMPLETED = "chatMessageCompleted"
     RESYNC = "resync"
+
+
+# Not logged and not numbered: a delta says where its text goes (messageId, offset), and the
+# stored message is the record. Their `seq` is the thread's last logged seq when sent.
+TRANSIENT_TYPES = frozenset({EventType.MESSAGE_DELTA})
 
 
 # What each event means and what its `data` holds; served at /api/v1/events/types/.
@@ -73,6 +80,16 @@ EVENT_DOCS: dict[EventType, tuple[str, str]] = {
     EventType.MESSAGE_ADDED: ("A message was posted.", "the message"),
     EventType.MESSAGE_UPDATED: ("A message was edited or its status changed.", "the message"),
     EventType.MESSAGE_DELETED: ("A message was deleted.", '{"id": messageId, "seq": messageSeq}'),
+    EventType.MESSAGE_DELTA: (
+        "Text the AI just wrote. Append `text` at character `offset` of the message; an offset "
+        "past what you hold means you missed text: refetch the message. Not logged: a client "
+        "that reconnects reads the saved partial text and carries on from the next delta.",
+        '{"messageId": ..., "offset": 120, "text": "..."}',
+    ),
+    EventType.MESSAGE_COMPLETED: (
+        "An AI reply finished (complete, failed or cancelled): the final message and its usage.",
+        '{"message": {...}, "usage": {"promptTokens", "completionTokens", "cost"}}',
+    ),
     EventType.RESYNC: (
         "You asked to resume from a point older than the event log keeps: refetch the thread "
         "over REST, then carry on from this event's seq.",
@@ -141,6 +158,12 @@ def notify_users(
     event = {"type": str(type), "threadId": thread_id, "seq": seq, "data": data}
     groups = [user_group(u) for u in user_ids]
     transaction.on_commit(lambda: publish(event, groups=groups))
+
+
+def publish_transient(*, thread_id: str, type: EventType, data: dict[str, Any], seq: int) -> None:
+    """Publish a transient event (a delta) now, outside any transaction."""
+    event = {"type": str(type), "threadId": thread_id, "seq": seq, "data": data}
+    publish(event, groups=[thread_group(thread_id)])
 
 
 def publish(event: dict[str, Any], *, groups: Iterable[str]) -> None:

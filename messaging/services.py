@@ -139,6 +139,39 @@ def message_edit(*, message: Message, text: str) -> Message:
     return message
 
 
+def message_set_status(*, message: Message, status: str, text: str | None = None) -> Message:
+    """Move an AI message along queued → streaming (and back to queued for a re-run).
+    Call inside a transaction."""
+    message.status = status
+    fields = ["status", "updated_at"]
+    if text is not None:
+        message.text = text
+        fields.append("text")
+    message.save(update_fields=fields)
+    events.record(
+        thread_id=message.thread_id, type=EventType.MESSAGE_UPDATED, data=message_json(message)
+    )
+    return message
+
+
+def message_complete(
+    *, message: Message, text: str, status: str, meta: dict[str, Any], usage: dict[str, Any]
+) -> Message:
+    """Finish an AI message (complete, failed or cancelled) with its final text.
+    Call inside a transaction."""
+    message.text = text
+    message.status = status
+    message.meta = {**message.meta, **meta}
+    message.save(update_fields=["text", "status", "meta", "updated_at"])
+    Thread.objects.filter(pk=message.thread_id).update(last_activity_at=timezone.now())
+    events.record(
+        thread_id=message.thread_id,
+        type=EventType.MESSAGE_COMPLETED,
+        data={"message": message_json(message), "usage": usage},
+    )
+    return message
+
+
 def message_delete(*, message: Message) -> None:
     with transaction.atomic():
         events.record(
@@ -204,6 +237,7 @@ def thread_create(
     topic_ids: Sequence[str] = (),
     session_prompt: str = "",
     thread_id: str | None = None,
+    ai_reply: bool = False,
 ) -> tuple[Thread, bool]:
     """Create a thread (threads.services.thread_create) and announce it to every member."""
     with transaction.atomic():
@@ -214,6 +248,7 @@ def thread_create(
             topic_ids=topic_ids,
             session_prompt=session_prompt,
             thread_id=thread_id,
+            ai_reply=ai_reply,
         )
         if created:
             seq = events.next_seq(thread.pk)
@@ -234,10 +269,15 @@ def thread_update(
     title: str | None = None,
     topic_ids: Sequence[str] | None = None,
     session_prompt: str | None = None,
+    ai_reply: bool | None = None,
 ) -> Thread:
     with transaction.atomic():
         thread_services.thread_update(
-            thread=thread, title=title, topic_ids=topic_ids, session_prompt=session_prompt
+            thread=thread,
+            title=title,
+            topic_ids=topic_ids,
+            session_prompt=session_prompt,
+            ai_reply=ai_reply,
         )
         seq = events.next_seq(thread.pk)
         fresh = thread_get(thread_id=thread.pk)

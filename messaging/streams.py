@@ -29,6 +29,8 @@ _MESSAGE_EVENTS = {
     EventType.MESSAGE_ADDED,
     EventType.MESSAGE_UPDATED,
     EventType.MESSAGE_DELETED,
+    EventType.MESSAGE_DELTA,
+    EventType.MESSAGE_COMPLETED,
 }
 
 
@@ -151,6 +153,11 @@ class Subscription:
     async def _deliver(
         self, thread_id: str, state: _ThreadState, event: dict[str, Any], text: str
     ) -> None:
+        if event.get("type") in events.TRANSIENT_TYPES:
+            # Unnumbered: placed by its own offset, never deduplicated or gap-filled by seq.
+            if self.messages_allowed.get(thread_id, False):
+                await self.send(text)
+            return
         seq = int(event["seq"])
         if seq <= state.last:
             return  # already delivered (from the log, or a second copy)

@@ -11,6 +11,12 @@ urlpatterns = [
         name="thread-messages",
     ),
     path("messages/<str:message_id>/", apis.MessageDetailApi.as_view(), name="message-detail"),
+    path("messages/<str:message_id>/stop/", apis.MessageStopApi.as_view(), name="message-stop"),
+    path(
+        "messages/<str:message_id>/regenerate/",
+        apis.MessageRegenerateApi.as_view(),
+        name="message-regenerate",
+    ),
     path("files/", apis.FileUploadApi.as_view(), name="file-upload"),
     path("files/<str:file_id>/", apis.FileDetailApi.as_view(), name="file-detail"),
     path("files/<str:file_id>/content/", apis.FileContentApi.as_view(), name="file-content"),

@@ -10,3 +10,7 @@ from chatproject.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING["root"] = {"handlers": ["console"], "level": "WARNING"}  # noqa: F405
+
+# Replies run synchronously at commit, with the scripted test LLM the tests install.
+CELERY_TASK_ALWAYS_EAGER = True
+CELERY_BROKER_URL = "memory://"

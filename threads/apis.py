@@ -3,6 +3,7 @@ service, shape the answer."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -11,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents.selectors import balance_of, usage_of
 from chatproject.api import StrictInputSerializer, query_int, request_user
 from messaging import services as actions
 from threads import selectors, services
@@ -42,6 +44,7 @@ class ThreadOutput(serializers.Serializer):
     members = MemberOutput(source="memberships", many=True)
     topicIds = serializers.SerializerMethodField()
     sessionPrompt = serializers.CharField(source="session_prompt")
+    aiReply = serializers.BooleanField(source="ai_reply")
     lastMessageSeq = serializers.IntegerField(source="last_message_seq")
     lastEventSeq = serializers.IntegerField(source="last_event_seq")
     createdAt = serializers.DateTimeField(source="created_at")
@@ -53,6 +56,10 @@ class ThreadOutput(serializers.Serializer):
 
     def to_representation(self, thread: Thread) -> dict[str, Any]:
         return thread_json(thread)
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _user_refs(value: list[str]) -> list[User]:
@@ -69,6 +76,8 @@ class MeApi(APIView):
         email = serializers.CharField()
         isAdmin = serializers.BooleanField(source="is_admin")
         permissions = serializers.ListField(child=serializers.CharField())
+        balance = serializers.CharField(allow_null=True, help_text="Decimal, as a string.")
+        usage = serializers.DictField(help_text="replies, promptTokens, completionTokens, cost")
 
     @extend_schema(responses=OutputSerializer, summary="The caller and their chat permissions")
     def get(self, request: Request) -> Response:
@@ -79,6 +88,8 @@ class MeApi(APIView):
             "email": user.email,
             "is_admin": user.is_admin,
             "permissions": user_chat_permissions(user),
+            "balance": _money(balance_of(user=user)),
+            "usage": usage_of(user=user),
         }
         return Response(self.OutputSerializer(data).data)
 
@@ -100,6 +111,9 @@ class ThreadListCreateApi(APIView):
         )
         sessionPrompt = serializers.CharField(
             required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
+        )
+        aiReply = serializers.BooleanField(
+            required=False, help_text="The AI answers every message unless a post says reply=false."
         )
 
     class ListOutputSerializer(serializers.Serializer):
@@ -146,6 +160,7 @@ class ThreadListCreateApi(APIView):
             topic_ids=data.get("topicIds", []),
             session_prompt=data.get("sessionPrompt", ""),
             thread_id=data.get("id"),
+            ai_reply=data.get("aiReply", False),
         )
         return Response(
             ThreadOutput(selectors.thread_get(thread_id=thread.pk)).data,
@@ -163,6 +178,9 @@ class ThreadDetailApi(APIView):
         )
         sessionPrompt = serializers.CharField(
             required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
+        )
+        aiReply = serializers.BooleanField(
+            required=False, help_text="The AI answers every message unless a post says reply=false."
         )
 
     @extend_schema(responses=ThreadOutput, summary="Read a thread")
@@ -185,6 +203,7 @@ class ThreadDetailApi(APIView):
             title=data.get("title"),
             topic_ids=data.get("topicIds"),
             session_prompt=data.get("sessionPrompt"),
+            ai_reply=data.get("aiReply"),
         )
         return Response(ThreadOutput(selectors.thread_get(thread_id=thread.pk)).data)
 

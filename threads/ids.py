@@ -45,3 +45,11 @@ def new_token_id() -> str:
 
 def is_valid_client_id(value: str) -> bool:
     return bool(_CLIENT_ID.match(value))
+
+
+def new_model_id() -> str:
+    return new_id("mdl")
+
+
+def new_run_id() -> str:
+    return new_id("run")

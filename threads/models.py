@@ -91,6 +91,9 @@ class Thread(models.Model):
     )
     topics = models.ManyToManyField(Topic, blank=True, related_name="threads")
     session_prompt = models.TextField(blank=True, default="")
+    ai_reply = models.BooleanField(
+        default=False, help_text="The AI answers every message posted here unless told not to."
+    )
     # The last message sequence number handed out; message_post increments it under a row lock,
     # which makes Message.seq gap-free at write time and monotonic forever.
     last_message_seq = models.BigIntegerField(default=0)

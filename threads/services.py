@@ -138,6 +138,7 @@ def thread_create(
     topic_ids: Sequence[str] = (),
     session_prompt: str = "",
     thread_id: str | None = None,
+    ai_reply: bool = False,
 ) -> tuple[Thread, bool]:
     """Create a thread with `creator` as its owner; return (thread, created).
 
@@ -159,6 +160,7 @@ def thread_create(
                 title=title.strip() or "New chat",
                 creator=creator,
                 session_prompt=session_prompt,
+                ai_reply=ai_reply,
                 last_activity_at=now,
             )
             if thread_id:
@@ -186,9 +188,13 @@ def thread_update(
     title: str | None = None,
     topic_ids: Sequence[str] | None = None,
     session_prompt: str | None = None,
+    ai_reply: bool | None = None,
 ) -> Thread:
     with transaction.atomic():
         fields = ["updated_at"]
+        if ai_reply is not None:
+            thread.ai_reply = ai_reply
+            fields.append("ai_reply")
         if title is not None:
             thread.title = title.strip() or "New chat"
             fields.append("title")

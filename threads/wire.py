@@ -35,6 +35,7 @@ def thread_json(thread: Thread) -> dict[str, Any]:
         "members": [member_json(m) for m in thread.memberships.all()],
         "topicIds": sorted(topic.pk for topic in thread.topics.all()),
         "sessionPrompt": thread.session_prompt,
+        "aiReply": thread.ai_reply,
         "lastMessageSeq": thread.last_message_seq,
         "lastEventSeq": thread.last_event_seq,
         "createdAt": iso(thread.created_at),

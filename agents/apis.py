@@ -1,0 +1,40 @@
+"""REST interface for the AI models a user may use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents.models import AIModel
+from agents.selectors import models_for_user
+from chatproject.api import request_user
+
+
+class ModelOutput(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+    provider = serializers.CharField()
+    contextWindow = serializers.IntegerField(source="context_window")
+    maxOutputTokens = serializers.IntegerField(source="max_output_tokens")
+    priceInputPer1k = serializers.DecimalField(
+        source="price_input_per_1k", max_digits=16, decimal_places=6
+    )
+    priceOutputPer1k = serializers.DecimalField(
+        source="price_output_per_1k", max_digits=16, decimal_places=6
+    )
+    isDefault = serializers.BooleanField(source="is_default")
+
+    def to_representation(self, model: AIModel) -> dict[str, Any]:
+        return dict(super().to_representation(model))
+
+
+class ModelListApi(APIView):
+    @extend_schema(responses=ModelOutput(many=True), summary="The AI models you may use")
+    def get(self, request: Request) -> Response:
+        models = models_for_user(user=request_user(request))
+        return Response({"models": ModelOutput(models, many=True).data})

@@ -1,0 +1,94 @@
+"""What the model is told: the thread's session prompt, the recent history and the text of the
+files attached to the question, trimmed to fit the model's context window."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable
+
+from django.conf import settings
+
+from agents.llm import ChatMessages
+from agents.models import AgentRun
+from messaging.models import File, Message
+
+logger = logging.getLogger(__name__)
+
+BASE_PROMPT = "You are a helpful assistant taking part in a chat thread. Answer clearly."
+FILE_TEXT_LIMIT = 6000  # characters of one attachment
+_TEXT_TYPES = {"text/plain", "text/markdown", "text/csv", "application/json"}
+
+
+def file_text(file: File) -> str | None:
+    """The readable text of an attachment (txt, md, csv, json, pdf), or None."""
+    try:
+        with file.content.open("rb") as handle:
+            raw = handle.read(2 * 1024 * 1024)
+    except OSError:
+        logger.warning("attachment %s is missing from storage", file.pk)
+        return None
+    if file.content_type in _TEXT_TYPES or file.content_type.startswith("text/"):
+        text = raw.decode("utf-8", "replace")
+        if file.content_type == "application/json":
+            try:
+                text = json.dumps(json.loads(text), indent=1, ensure_ascii=False)
+            except ValueError:
+                pass
+        return text[:FILE_TEXT_LIMIT]
+    if file.content_type == "application/pdf":
+        try:
+            from pypdf import PdfReader
+
+            reader = PdfReader(io.BytesIO(raw))
+            return "\n".join(page.extract_text() or "" for page in reader.pages)[:FILE_TEXT_LIMIT]
+        except Exception:  # a broken PDF is the user's file, not our failure
+            logger.info("could not read PDF %s", file.pk)
+            return None
+    return None
+
+
+def _as_chat(message: Message) -> dict[str, str]:
+    if message.author_id is None:
+        return {"role": "assistant", "content": message.text}
+    name = message.author.username if message.author else "user"
+    return {"role": "user", "content": f"{name}: {message.text}"}
+
+
+def build(*, run: AgentRun, count_tokens: Callable[[str], int]) -> ChatMessages:
+    """The messages for the model, newest history kept first when trimming is needed."""
+    thread = run.thread
+    system = BASE_PROMPT
+    if thread.session_prompt.strip():
+        system += "\n\n" + thread.session_prompt.strip()
+    # History up to the question: a regenerated reply must not see the answer it replaces.
+    upto = run.request_message.seq if run.request_message else run.message.seq - 1
+    history = list(
+        Message.objects.filter(thread=thread, seq__lte=upto)
+        .exclude(text="")
+        .exclude(status__in=[Message.Status.FAILED, Message.Status.QUEUED])
+        .select_related("author")
+        .order_by("-seq")[: settings.MAX_CHAT_HISTORY_CONTEXT]
+    )
+    history.reverse()
+    turns = [_as_chat(message) for message in history]
+    if run.request_message is not None:
+        attachments = [
+            f"[{file.name}]\n{text}"
+            for file in run.request_message.files.all()
+            if (text := file_text(file))
+        ]
+        if attachments:
+            system += "\n\nFiles attached to the question:\n\n" + "\n\n".join(attachments)
+
+    budget = run.model.context_window - run.model.max_output_tokens
+    messages = [{"role": "system", "content": system}, *turns]
+    # Drop the oldest turns (never the question itself) until the prompt fits the window.
+    while len(messages) > 2 and sum(count_tokens(m["content"]) + 4 for m in messages) > budget:
+        del messages[1]
+    if sum(count_tokens(m["content"]) + 4 for m in messages) > budget:
+        # Still too long: cut the system text (files first) rather than fail.
+        overflow = sum(count_tokens(m["content"]) + 4 for m in messages) - budget
+        messages[0]["content"] = messages[0]["content"][: max(200, len(system) - overflow * 4)]
+    return messages

@@ -1,0 +1,75 @@
+"""Reads for models, balances and runs."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet, Sum
+
+from agents.models import Account, AgentRun, AIModel
+from threads.errors import Forbidden, NotFound
+from threads.models import User
+
+
+def models_for_user(*, user: User) -> QuerySet[AIModel]:
+    """The active models this user may use: open to all, granted to them, or to a group of
+    theirs. Admins may use every active model."""
+    queryset = AIModel.objects.filter(is_active=True)
+    if user.is_admin:
+        return queryset.order_by("name")
+    return (
+        queryset.filter(
+            Q(available_to_all=True) | Q(grants__user=user) | Q(grants__group__in=user.groups.all())
+        )
+        .distinct()
+        .order_by("name")
+    )
+
+
+def model_for_request(*, user: User, model_ref: str | None) -> AIModel:
+    """The model a reply should use: the one named (id or name) or the default; Forbidden if
+    the user may not use it, NotFound if there is no such model."""
+    catalog = AIModel.objects.filter(is_active=True)
+    if model_ref:
+        model = catalog.filter(Q(pk=model_ref) | Q(name=model_ref)).first()
+    else:
+        model = catalog.filter(is_default=True).order_by("name").first()
+        if model is None:
+            model = models_for_user(user=user).first()
+    if model is None:
+        raise NotFound("No such AI model." if model_ref else "No AI model is configured.")
+    if not models_for_user(user=user).filter(pk=model.pk).exists():
+        raise Forbidden(f"You may not use the model {model.name!r}.")
+    return model
+
+
+def balance_of(*, user: User) -> Decimal | None:
+    """The user's balance, or None before their account exists (it is made on first use)."""
+    return Account.objects.filter(user=user).values_list("balance", flat=True).first()
+
+
+def usage_of(*, user: User) -> dict[str, Any]:
+    totals = AgentRun.objects.filter(requested_by=user).aggregate(
+        replies=Count("id"),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+        cost=Sum("cost"),
+    )
+    return {
+        "replies": totals["replies"] or 0,
+        "promptTokens": totals["prompt_tokens"] or 0,
+        "completionTokens": totals["completion_tokens"] or 0,
+        "cost": str(totals["cost"] or Decimal(0)),
+    }
+
+
+def run_for_message(*, message_id: str) -> AgentRun:
+    run = (
+        AgentRun.objects.select_related("model", "thread", "message")
+        .filter(message_id=message_id)
+        .first()
+    )
+    if run is None:
+        raise NotFound("This message is not an AI reply.")
+    return run

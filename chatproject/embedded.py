@@ -1,0 +1,102 @@
+"""The embedded profile: a Celery worker and the stale-run reaper inside the server process, and
+an in-memory channel layer that is safe to call from the worker's thread.
+
+Started from asgi.py (never from AppConfig.ready, or `migrate` would start workers too) when the
+broker is `memory://`, so `make run` serves streamed AI replies with nothing else running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer
+
+logger = logging.getLogger(__name__)
+
+REAP_EVERY_SECONDS = 5.0
+
+
+class ThreadSafeInMemoryChannelLayer(InMemoryChannelLayer):
+    """InMemoryChannelLayer, with every call made from another event loop (the embedded
+    worker's thread) forwarded onto the server's loop. The stock layer is not thread-safe:
+    a group_send from another thread reaches the server's loop only by accident, late."""
+
+    server_loop: asyncio.AbstractEventLoop | None = None
+
+    def _remember_or_forward(self) -> asyncio.AbstractEventLoop | None:
+        current = asyncio.get_running_loop()
+        if self.server_loop is None or self.server_loop.is_closed():
+            self.server_loop = current
+            return None
+        return None if current is self.server_loop else self.server_loop
+
+    async def _run(self, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
+        target = self._remember_or_forward()
+        if target is None:
+            return await coro_fn(*args, **kwargs)
+        future = asyncio.run_coroutine_threadsafe(coro_fn(*args, **kwargs), target)
+        return await asyncio.wrap_future(future)
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        await self._run(super().send, channel, message)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        await self._run(super().group_send, group, message)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        await self._run(super().group_add, group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        await self._run(super().group_discard, group, channel)
+
+
+def _reap_forever() -> None:
+    from django.db import close_old_connections
+
+    from agents.services import runs_reap_stale
+
+    while True:
+        time.sleep(REAP_EVERY_SECONDS)
+        try:
+            close_old_connections()
+            handled = runs_reap_stale()
+            if handled:
+                logger.warning("re-ran or failed %d replies whose worker stopped", handled)
+        except Exception:
+            logger.exception("reaping stale runs failed")
+
+
+_reaper: threading.Thread | None = None
+_reaper_lock = threading.Lock()
+
+
+def start_reaper() -> threading.Thread:
+    """Start this process's reaper thread, once however often it is called."""
+    global _reaper
+    with _reaper_lock:
+        if _reaper is None:
+            _reaper = threading.Thread(target=_reap_forever, name="threadline-reaper", daemon=True)
+            _reaper.start()
+        return _reaper
+
+
+def start_worker() -> threading.Thread:
+    """A Celery worker on a daemon thread of this process (thread pool, no heartbeats)."""
+    from chatproject.celery import app
+
+    worker = app.WorkController(
+        pool_cls="threads",
+        concurrency=2,
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        loglevel="WARNING",
+    )
+    thread = threading.Thread(target=worker.start, name="threadline-worker", daemon=True)
+    thread.start()
+    logger.info("embedded Celery worker started (memory broker)")
+    return thread
