@@ -3,6 +3,7 @@ files attached to the question, trimmed to fit the model's context window."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -32,10 +33,8 @@ def file_text(file: File) -> str | None:
     if file.content_type in _TEXT_TYPES or file.content_type.startswith("text/"):
         text = raw.decode("utf-8", "replace")
         if file.content_type == "application/json":
-            try:
+            with contextlib.suppress(ValueError):  # show it as it is if it does not parse
                 text = json.dumps(json.loads(text), indent=1, ensure_ascii=False)
-            except ValueError:
-                pass
         return text[:FILE_TEXT_LIMIT]
     if file.content_type == "application/pdf":
         try:

@@ -36,7 +36,7 @@ class OpenAICompatibleProvider:
         try:
             response: Any = self.client.chat.completions.create(
                 model=self.model_name,
-                messages=messages,
+                messages=messages,  # type: ignore[arg-type]
                 max_tokens=max_tokens,
                 stream=True,
             )

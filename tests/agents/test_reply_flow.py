@@ -161,7 +161,7 @@ def test_a_retryable_refusal_is_retried_once_before_any_text(cast, scripted_llm)
             raise failure
         return original(**kwargs)
 
-    scripted_llm.stream = flaky  # type: ignore[method-assign]
+    scripted_llm.stream = flaky
     response = _ask(cast)
     ai = Message.objects.get(pk=response.json()["reply"]["messageId"])
     assert ai.status == Message.Status.COMPLETE and ai.text == "Hello, world."
