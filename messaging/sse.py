@@ -14,8 +14,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from channels.db import database_sync_to_async
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.middleware.csrf import CsrfViewMiddleware
 
 from chatproject.api import error_body
 from messaging.streams import MAX_THREADS_PER_CONNECTION, Subscription
@@ -49,7 +50,8 @@ def format_positions(positions: dict[str, int]) -> str:
     return ",".join(f"{thread_id}:{seq}" for thread_id, seq in positions.items())
 
 
-async def _authenticate(request: HttpRequest) -> User | None:
+async def authenticate(request: HttpRequest) -> User | None:
+    """The caller of a plain async view: API token (header or ?token=) or session."""
     header = request.headers.get("Authorization", "").split()
     raw = None
     if len(header) == 2 and header[0].lower() in {"bearer", "token"}:
@@ -62,14 +64,27 @@ async def _authenticate(request: HttpRequest) -> User | None:
     return user if isinstance(user, User) and user.is_active else None
 
 
-def _error(exc: ApplicationError) -> JsonResponse:
+def csrf_failure(request: HttpRequest) -> JsonResponse | None:
+    """For a write authenticated by the session cookie, Django's CSRF check (as DRF's
+    SessionAuthentication does it); token callers are exempt, as a token is not ambient."""
+    header = request.headers.get("Authorization", "").split()
+    if (len(header) == 2 and header[0].lower() in {"bearer", "token"}) or request.GET.get("token"):
+        return None
+    middleware = CsrfViewMiddleware(lambda r: HttpResponse())
+    reason = middleware.process_view(request, lambda r: HttpResponse(), (), {})
+    if reason is None:
+        return None
+    return JsonResponse(error_body("permission_denied", "CSRF check failed."), status=403)
+
+
+def error_response(exc: ApplicationError) -> JsonResponse:
     return JsonResponse(error_body(exc.code, exc.message, exc.fields), status=exc.status)
 
 
 async def events_stream(request: HttpRequest) -> HttpResponseBase:
     if request.method != "GET":
         return JsonResponse(error_body("method_not_allowed", "Use GET."), status=405)
-    user = await _authenticate(request)
+    user = await authenticate(request)
     if user is None:
         return JsonResponse(
             error_body("not_authenticated", "Authentication credentials were not provided."),
@@ -77,13 +92,13 @@ async def events_stream(request: HttpRequest) -> HttpResponseBase:
         )
     thread_ids = list(dict.fromkeys(request.GET.getlist("threadId")))
     if len(thread_ids) > MAX_THREADS_PER_CONNECTION:
-        return _error(Invalid(f"At most {MAX_THREADS_PER_CONNECTION} threadId parameters."))
+        return error_response(Invalid(f"At most {MAX_THREADS_PER_CONNECTION} threadId parameters."))
     try:
         resume = parse_positions(
             request.headers.get("Last-Event-ID") or request.GET.get("lastEventId", "")
         )
     except Invalid as exc:
-        return _error(exc)
+        return error_response(exc)
 
     queue: asyncio.Queue[str] = asyncio.Queue(maxsize=QUEUE_LIMIT)
 
@@ -109,7 +124,7 @@ async def events_stream(request: HttpRequest) -> HttpResponseBase:
                 positions[thread_id] = resume[thread_id]
     except ApplicationError as exc:
         await subscription.close()
-        return _error(exc)
+        return error_response(exc)
 
     async def stream() -> AsyncIterator[str]:
         try:

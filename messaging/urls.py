@@ -1,8 +1,10 @@
 from django.urls import path
 
 from messaging import apis, sse
+from messaging.compat import bff
 
 urlpatterns = [
+    path("chat/messages", bff.chat_messages, name="bff-chat-messages"),
     path("events/", sse.events_stream, name="events-stream"),
     path("events/types/", apis.EventTypesApi.as_view(), name="event-types"),
     path(

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.contrib import admin, messages
+from django.http import HttpRequest
+
+from agents import services
+from agents.models import Account, AgentRun, AIModel, LedgerEntry, ModelGrant
+
+
+class GrantInline(admin.TabularInline):
+    model = ModelGrant
+    extra = 0
+    autocomplete_fields = ("user",)
+
+
+@admin.register(AIModel)
+class AIModelAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "provider",
+        "provider_model",
+        "price_input_per_1k",
+        "price_output_per_1k",
+        "is_active",
+        "is_default",
+        "available_to_all",
+    )
+    list_filter = ("provider", "is_active", "available_to_all")
+    search_fields = ("name", "provider_model", "id")
+    inlines = (GrantInline,)
+
+
+class LedgerInline(admin.TabularInline):
+    model = LedgerEntry
+    extra = 0
+    can_delete = False
+    readonly_fields = ("created_at", "kind", "amount", "run", "note")
+    fields = readonly_fields
+    ordering = ("-created_at",)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # money moves only through the credit action, which keeps the balance true
+
+
+@admin.register(Account)
+class AccountAdmin(admin.ModelAdmin):
+    list_display = ("user", "balance", "updated_at")
+    search_fields = ("user__username",)
+    readonly_fields = ("user", "balance", "updated_at")
+    inlines = (LedgerInline,)
+    actions = ("credit_ten",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # accounts are made on a user's first reply, with the starting balance
+
+    @admin.action(description="Credit 10.00 to the selected accounts")
+    def credit_ten(self, request: HttpRequest, queryset: Any) -> None:
+        for account in queryset:
+            services.credit_add(user=account.user, amount=Decimal("10.00"), note="admin credit")
+        self.message_user(request, f"Credited {queryset.count()} accounts.", messages.SUCCESS)
+
+
+@admin.register(AgentRun)
+class AgentRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "thread",
+        "model",
+        "status",
+        "requested_by",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+        "attempts",
+        "created_at",
+    )
+    list_filter = ("status", "model")
+    search_fields = ("id", "thread__id", "message__id", "requested_by__username")
+    readonly_fields = [f.name for f in AgentRun._meta.fields]
+    list_select_related = ("thread", "model", "requested_by")
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
