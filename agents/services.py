@@ -29,6 +29,7 @@ from agents.models import Account, AgentRun, AIModel, LedgerEntry
 from messaging import events
 from messaging import services as messaging_services
 from messaging.events import EventType
+from messaging.livetext import live_text_drop, live_text_set
 from messaging.models import Message
 from threads.errors import Conflict, Forbidden, NotFound
 from threads.models import Thread, User
@@ -267,6 +268,7 @@ def _claim(run_id: str) -> AgentRun | None:
         messaging_services.message_set_status(
             message=run.message, status=Message.Status.STREAMING, text=""
         )
+        live_text_set(message_id=run.message_id, text="")
     return run
 
 
@@ -350,6 +352,9 @@ def _flush(stream: _Stream) -> None:
     text = stream.text
     if len(text) == stream.sent:
         return
+    # Readable before it is announced: a client that fetches the message after subscribing
+    # then holds every character of the deltas it did not receive.
+    live_text_set(message_id=stream.run.message_id, text=text)
     events.publish_transient(
         thread_id=stream.run.thread_id,
         type=EventType.MESSAGE_DELTA,
@@ -409,6 +414,7 @@ def _finish(*, run: AgentRun, text: str, status: str, error: str = "") -> None:
     messaging_services.message_complete(
         message=run.message, text=text, status=_MESSAGE_STATUS[status], meta=meta, usage=usage
     )
+    transaction.on_commit(functools.partial(live_text_drop, message_id=run.message_id))
 
 
 # --- workers that vanish ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import Q, QuerySet
 
+from messaging.livetext import live_texts
 from messaging.models import File, Message
 from threads.errors import Forbidden, Invalid, NotFound
 from threads.models import Thread, ThreadMembership, User
@@ -92,14 +93,14 @@ def message_page(
     if after is not None:
         rows = _page_rows(queryset.filter(seq__gt=after).order_by("seq"), limit + 1)
         has_newer = len(rows) > limit
-        rows = attach_file_ids(rows[:limit])
+        rows = _with_live_text(attach_file_ids(rows[:limit]))
         has_older = after > 0 and _any_seq(thread, seq__lte=after, order="-seq")
         return MessagePage(messages=rows, has_older=has_older, has_newer=has_newer)
     if before is not None:
         queryset = queryset.filter(seq__lt=before)
     rows = _page_rows(queryset.order_by("-seq"), limit + 1)
     has_older = len(rows) > limit
-    rows = attach_file_ids(rows[:limit])
+    rows = _with_live_text(attach_file_ids(rows[:limit]))
     rows.reverse()
     has_newer = before is not None and _any_seq(thread, seq__gte=before, order="seq")
     return MessagePage(messages=rows, has_older=has_older, has_newer=has_newer)
@@ -131,7 +132,20 @@ def access_message(*, user: User | AnonymousUser, message_id: str, perm: Perm) -
 
 
 def _messages_by_id(message_id: str) -> Message:
-    return Message.objects.select_related("thread").get(pk=message_id)
+    message = Message.objects.select_related("thread").get(pk=message_id)
+    if message.status == Message.Status.STREAMING:
+        message.text = live_texts([message.pk]).get(message.pk, message.text)
+    return message
+
+
+def _with_live_text(rows: list[MessageRow]) -> list[MessageRow]:
+    """Replies being written show the text as of the last delta sent (see livetext)."""
+    streaming = [row for row in rows if row.status == Message.Status.STREAMING]
+    if streaming:
+        texts = live_texts(row.id for row in streaming)
+        for row in streaming:
+            row.text = texts.get(row.id, row.text)
+    return rows
 
 
 def require_message_editor(*, user: User, message: Message) -> None:
