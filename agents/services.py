@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -229,13 +230,19 @@ class _Stream:
 
     run: AgentRun
     parts: list[str] = field(default_factory=list)
-    sent: int = 0
-    saved: int = 0
+    written: int = 0  # characters appended, by the thread reading the model
+    sent: int = 0  # characters announced in deltas
+    saved: int = 0  # characters saved to the database
     seq: int = 0
+    # Flushes come from the pacer thread and, at the end, from the worker's own.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    def has_unsent(self) -> bool:
+        return self.written != self.sent
 
 
 def _claim(run_id: str) -> AgentRun | None:
@@ -324,48 +331,91 @@ def run_execute(*, run_id: str) -> None:
 
 
 def _pump(stream: _Stream, pieces: Any, started: float) -> bool:
-    """Read the model, sending deltas and saving progress; True if the user pressed stop."""
-    flush_every = settings.STREAM_FLUSH_MS / 1000
-    save_every = settings.STREAM_SAVE_MS / 1000
-    last_flush = last_save = time.monotonic()
+    """Read the model into the stream; True if the user pressed stop. The pacer thread sends,
+    saves and watches meanwhile, so a stalled model neither delays text already written nor
+    hides the run's pulse."""
+    window = settings.STREAM_FLUSH_MS / 1000
+    pacer = _Pacer(stream, window=window)
+    pacer.start()
     try:
         for piece in pieces:
             stream.parts.append(piece)
-            now = time.monotonic()
-            if now - last_flush >= flush_every:
-                _flush(stream)
-                last_flush = now
-            if now - last_save >= save_every:
-                last_save = now
-                if _save_progress(stream):
-                    return True
-                if now - started > settings.RUN_TIME_LIMIT_SECONDS:
-                    raise LLMError("The reply took too long and was stopped.")
+            stream.written += len(piece)
+            if window == 0:
+                _flush(stream)  # batching off: every piece goes out as it comes
+            if pacer.cancelled.is_set():
+                return True
+            if time.monotonic() - started > settings.RUN_TIME_LIMIT_SECONDS:
+                raise LLMError("The reply took too long and was stopped.")
+        return pacer.cancelled.is_set()
     finally:
         close = getattr(pieces, "close", None)
         if close is not None:
             close()  # stops the model generating
-    return False
+        pacer.stop()
+
+
+class _Pacer(threading.Thread):
+    """Beside a running reply: sends each batch of text once it is `window` old, saves the
+    partial text and the heartbeat, and notices a stop request."""
+
+    TICK = 0.005
+    HEARTBEAT_EVERY = 1.0
+
+    def __init__(self, stream: _Stream, *, window: float) -> None:
+        super().__init__(name=f"pacer-{stream.run.pk}", daemon=True)
+        self.stream = stream
+        self.window = window
+        self.cancelled = threading.Event()
+        self._done = threading.Event()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        from django.db import connection
+
+        save_every = settings.STREAM_SAVE_MS / 1000
+        last_save = last_beat = time.monotonic()
+        pending_since: float | None = None
+        try:
+            while not self._done.wait(self.TICK):
+                now = time.monotonic()
+                if self.window and self.stream.has_unsent():
+                    pending_since = pending_since or now
+                    if now - pending_since >= self.window:
+                        _flush(self.stream)
+                        pending_since = None
+                if now - last_save >= save_every or now - last_beat >= self.HEARTBEAT_EVERY:
+                    last_save = last_beat = now
+                    if _save_progress(self.stream):
+                        self.cancelled.set()
+        except Exception:
+            logger.exception("pacer of run %s failed", self.stream.run.pk)
+        finally:
+            connection.close()
 
 
 def _flush(stream: _Stream) -> None:
-    text = stream.text
-    if len(text) == stream.sent:
-        return
-    # Readable before it is announced: a client that fetches the message after subscribing
-    # then holds every character of the deltas it did not receive.
-    live_text_set(message_id=stream.run.message_id, text=text)
-    events.publish_transient(
-        thread_id=stream.run.thread_id,
-        type=EventType.MESSAGE_DELTA,
-        data={
-            "messageId": stream.run.message_id,
-            "offset": stream.sent,
-            "text": text[stream.sent :],
-        },
-        seq=stream.seq,
-    )
-    stream.sent = len(text)
+    with stream.lock:
+        text = stream.text
+        if len(text) == stream.sent:
+            return
+        # Readable before it is announced: a client that fetches the message after
+        # subscribing then holds every character of the deltas it did not receive.
+        live_text_set(message_id=stream.run.message_id, text=text)
+        events.publish_transient(
+            thread_id=stream.run.thread_id,
+            type=EventType.MESSAGE_DELTA,
+            data={
+                "messageId": stream.run.message_id,
+                "offset": stream.sent,
+                "text": text[stream.sent :],
+            },
+            seq=stream.seq,
+        )
+        stream.sent = len(text)
 
 
 def _save_progress(stream: _Stream) -> bool:

@@ -17,7 +17,8 @@ from channels.layers import InMemoryChannelLayer
 
 logger = logging.getLogger(__name__)
 
-REAP_EVERY_SECONDS = 5.0
+# With RUN_STALE_SECONDS (5) this tells clients of a dead worker within about 7 s.
+REAP_EVERY_SECONDS = 2.0
 
 
 class ThreadSafeInMemoryChannelLayer(InMemoryChannelLayer):

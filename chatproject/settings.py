@@ -276,11 +276,12 @@ LLM_TIMEOUT_SECONDS = env_int("LLM_TIMEOUT_SECONDS", 60, minimum=1)
 # Every new user's starting credit, in the ledger's currency (the bundled model is free).
 STARTING_BALANCE = env_str("STARTING_BALANCE", "1.00")
 # Streaming: deltas are batched for this long before one event goes out; the partial text is
-# saved (and the stop flag read) this often; a run whose heartbeat is older than
+# saved (and the stop flag read) this often; the heartbeat goes every second, and a run whose
+# heartbeat is older than
 # RUN_STALE_SECONDS lost its worker.
 STREAM_FLUSH_MS = env_int("STREAM_FLUSH_MS", 50, minimum=0)
 STREAM_SAVE_MS = env_int("STREAM_SAVE_MS", 300, minimum=50)
-RUN_STALE_SECONDS = env_int("RUN_STALE_SECONDS", 10, minimum=2)
+RUN_STALE_SECONDS = env_int("RUN_STALE_SECONDS", 5, minimum=2)
 RUN_TIME_LIMIT_SECONDS = env_int("RUN_TIME_LIMIT_SECONDS", 300, minimum=10)
 GATEWAY_URL = env_str("GATEWAY_URL")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -178,6 +179,7 @@ def test_stop_mid_stream_keeps_the_partial_text_and_charges_only_what_was_produc
     def press_stop(index: int) -> None:
         if index == 2:
             services.run_stop(message=holder["ai"], actor=cast.alice)
+            time.sleep(0.3)  # the model takes a moment over its next piece; the worker notices
 
     scripted_llm.before_piece = press_stop
     original = services.run_execute
