@@ -10,9 +10,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents.models import AIModel
+from agents.models import AIModel, ThreadSummary
 from agents.selectors import models_for_user
 from chatproject.api import request_user
+from threads.permissions import Perm
+from threads.selectors import access_thread
+from threads.wire import iso
 
 
 class ModelOutput(serializers.Serializer):
@@ -38,3 +41,27 @@ class ModelListApi(APIView):
     def get(self, request: Request) -> Response:
         models = models_for_user(user=request_user(request))
         return Response({"models": ModelOutput(models, many=True).data})
+
+
+class ThreadSummaryApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        text = serializers.CharField(allow_null=True)
+        uptoSeq = serializers.IntegerField(allow_null=True)
+        updatedAt = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema(
+        responses=OutputSerializer,
+        summary="The rolling summary the AI reads instead of a thread's older turns",
+    )
+    def get(self, request: Request, thread_id: str) -> Response:
+        thread = access_thread(
+            user=request_user(request), thread_id=thread_id, perm=Perm.MESSAGE_VIEW
+        )
+        summary = ThreadSummary.objects.filter(thread=thread).first()
+        return Response(
+            {
+                "text": summary.text if summary else None,
+                "uptoSeq": summary.upto_seq if summary else None,
+                "updatedAt": iso(summary.updated_at) if summary else None,
+            }
+        )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from django.conf import settings
 
 from agents.llm import ChatMessages
-from agents.models import AgentRun
+from agents.models import AgentRun, ThreadSummary
 from messaging.models import File, Message
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ def build(*, run: AgentRun, count_tokens: Callable[[str], int]) -> ChatMessages:
     system = BASE_PROMPT
     if thread.session_prompt.strip():
         system += "\n\n" + thread.session_prompt.strip()
+    summary = ThreadSummary.objects.filter(thread=thread).values_list("text", flat=True).first()
+    if summary:
+        system += "\n\nSummary of the earlier conversation:\n" + summary
     # History up to the question: a regenerated reply must not see the answer it replaces.
     upto = run.request_message.seq if run.request_message else run.message.seq - 1
     history = list(

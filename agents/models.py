@@ -151,3 +151,18 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount} ({self.account_id})"
+
+
+class ThreadSummary(models.Model):
+    """The rolling summary of a thread's older turns, which the model reads instead of them."""
+
+    thread = models.OneToOneField(Thread, on_delete=models.CASCADE, related_name="summary")
+    text = models.TextField()
+    upto_seq = models.BigIntegerField(help_text="The last message seq the summary covers.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "thread summaries"
+
+    def __str__(self) -> str:
+        return f"summary of {self.thread_id} to #{self.upto_seq}"

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from agents import context
+from agents import context, housekeeping
 from agents.llm import Completion, LLMError, get_provider
 from agents.models import Account, AgentRun, AIModel, LedgerEntry
 from messaging import events
@@ -328,6 +328,17 @@ def run_execute(*, run_id: str) -> None:
         locked.prompt_tokens = completion.usage.prompt_tokens
         locked.completion_tokens = completion.usage.completion_tokens
         _finish(run=locked, text=stream.text, status=status, error=error)
+    if status == AgentRun.Status.COMPLETE:
+        _upkeep(locked, provider)
+
+
+def _upkeep(run: AgentRun, provider: Any) -> None:
+    """Title and summary after a finished reply; a failure here never touches the reply."""
+    try:
+        housekeeping.title_if_untitled(run=run, provider=provider)
+        housekeeping.summary_refresh(run=run, provider=provider)
+    except Exception:
+        logger.exception("upkeep after run %s failed", run.pk)
 
 
 def _pump(stream: _Stream, pieces: Any, started: float) -> bool:

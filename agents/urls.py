@@ -4,4 +4,7 @@ from agents import apis
 
 urlpatterns = [
     path("models/", apis.ModelListApi.as_view(), name="model-list"),
+    path(
+        "threads/<str:thread_id>/summary/", apis.ThreadSummaryApi.as_view(), name="thread-summary"
+    ),
 ]

@@ -8,6 +8,7 @@ A bad value stops start-up with ImproperlyConfigured naming the variable.
 from __future__ import annotations
 
 import os
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,14 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def env_decimal(name: str, default: str) -> Decimal:
+    raw = env_str(name, default).strip() or default
+    try:
+        return Decimal(raw)
+    except InvalidOperation as exc:
+        raise ImproperlyConfigured(f"{name} must be a decimal number, got {raw!r}") from exc
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -274,11 +283,10 @@ LLM_MODEL = env_str("LLM_MODEL")
 AGENT_MODE = env_choice("AGENT_MODE", "auto", ("auto", "crew", "core"))
 LLM_TIMEOUT_SECONDS = env_int("LLM_TIMEOUT_SECONDS", 60, minimum=1)
 # Every new user's starting credit, in the ledger's currency (the bundled model is free).
-STARTING_BALANCE = env_str("STARTING_BALANCE", "1.00")
+STARTING_BALANCE = env_decimal("STARTING_BALANCE", "1.00")
 # Streaming: deltas are batched for this long before one event goes out; the partial text is
 # saved (and the stop flag read) this often; the heartbeat goes every second, and a run whose
-# heartbeat is older than
-# RUN_STALE_SECONDS lost its worker.
+# heartbeat is older than RUN_STALE_SECONDS lost its worker.
 STREAM_FLUSH_MS = env_int("STREAM_FLUSH_MS", 50, minimum=0)
 STREAM_SAVE_MS = env_int("STREAM_SAVE_MS", 300, minimum=50)
 RUN_STALE_SECONDS = env_int("RUN_STALE_SECONDS", 5, minimum=2)

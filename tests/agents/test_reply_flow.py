@@ -295,3 +295,44 @@ def test_the_scripted_provider_is_only_a_test_double():
     model = AIModel.objects.get(pk="mdl_smollm2")
     assert isinstance(get_provider(model), LocalProvider)
     assert not isinstance(get_provider(model), ScriptedProvider)
+
+
+def test_an_untitled_thread_gets_a_title_after_its_first_exchange(cast, scripted_llm):
+    from messaging.services import thread_create
+
+    thread, _ = thread_create(creator=cast.alice)
+    assert thread.title == "New chat"
+    cast.client(cast.alice).post(
+        f"/api/v1/threads/{thread.pk}/messages/",
+        {"text": "Plan a trip", "reply": True},
+        format="json",
+    )
+    thread.refresh_from_db()
+    assert thread.title == "Hello, world"  # what the model suggested, cleaned
+    # The title call saw the exchange.
+    assert "Plan a trip" in scripted_llm.calls[-1][-1]["content"]
+
+
+@override_settings(MAX_CHAT_HISTORY_CONTEXT=2)
+def test_older_turns_are_folded_into_a_summary_the_model_then_reads(
+    cast, scripted_llm, monkeypatch
+):
+    from agents import housekeeping
+    from messaging.services import message_post
+
+    monkeypatch.setattr(housekeeping, "SUMMARY_TRIGGER_TOKENS", 1)
+    for text in ["We chose Lisbon.", "Budget is 900 euros.", "Leaving on May 3rd."]:
+        message_post(thread=cast.thread, author=cast.bob, text=text)
+    _ask(cast, text="Remind me of the plan")
+    summary = cast.client(cast.bob).get(f"/api/v1/threads/{cast.thread.pk}/summary/").json()
+    assert summary["text"] == "Hello, world."
+    assert summary["uptoSeq"] >= 1
+    summarised = scripted_llm.calls[-1][-1]["content"]
+    assert "We chose Lisbon." in summarised and "Remind me of the plan" not in summarised
+
+    _ask(cast, text="And the budget?")
+    system = scripted_llm.calls[-2][0]["content"]  # the reply's call (upkeep calls come after)
+    assert "Summary of the earlier conversation:\nHello, world." in system
+
+    outsider = cast.client(cast.charlie).get(f"/api/v1/threads/{cast.thread.pk}/summary/")
+    assert outsider.status_code == 404
