@@ -234,15 +234,14 @@ class _Stream:
     sent: int = 0  # characters announced in deltas
     saved: int = 0  # characters saved to the database
     seq: int = 0
+    # When the oldest text not yet sent arrived (None: all sent).
+    batch_started: float | None = None
     # Flushes come from the pacer thread and, at the end, from the worker's own.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
-
-    def has_unsent(self) -> bool:
-        return self.written != self.sent
 
 
 def _claim(run_id: str) -> AgentRun | None:
@@ -350,10 +349,17 @@ def _pump(stream: _Stream, pieces: Any, started: float) -> bool:
     pacer.start()
     try:
         for piece in pieces:
-            stream.parts.append(piece)
-            stream.written += len(piece)
-            if window == 0:
-                _flush(stream)  # batching off: every piece goes out as it comes
+            with stream.lock:
+                stream.parts.append(piece)
+                stream.written += len(piece)
+                opens_batch = stream.batch_started is None
+                if opens_batch:
+                    stream.batch_started = time.monotonic()
+            if window == 0 or stream.sent == 0:
+                # Batching off, or the reply's first words: out at once (time to first token).
+                _flush(stream)
+            elif opens_batch:
+                pacer.wake.set()
             if pacer.cancelled.is_set():
                 return True
             if time.monotonic() - started > settings.RUN_TIME_LIMIT_SECONDS:
@@ -367,39 +373,46 @@ def _pump(stream: _Stream, pieces: Any, started: float) -> bool:
 
 
 class _Pacer(threading.Thread):
-    """Beside a running reply: sends each batch of text once it is `window` old, saves the
-    partial text and the heartbeat, and notices a stop request."""
+    """Beside a running reply: sends each batch of text when it is `window` old, saves the
+    partial text and the heartbeat every so often, and notices a stop request. It sleeps until
+    one of those is due, so an idle or slow reply costs nothing."""
 
-    TICK = 0.005
     HEARTBEAT_EVERY = 1.0
 
     def __init__(self, stream: _Stream, *, window: float) -> None:
         super().__init__(name=f"pacer-{stream.run.pk}", daemon=True)
         self.stream = stream
         self.window = window
+        self.wake = threading.Event()
         self.cancelled = threading.Event()
-        self._done = threading.Event()
+        self._done = False
 
     def stop(self) -> None:
-        self._done.set()
+        self._done = True
+        self.wake.set()
         self.join(timeout=5)
 
     def run(self) -> None:
         from django.db import connection
 
-        save_every = settings.STREAM_SAVE_MS / 1000
-        last_save = last_beat = time.monotonic()
-        pending_since: float | None = None
+        save_every = min(settings.STREAM_SAVE_MS / 1000, self.HEARTBEAT_EVERY)
+        next_save = time.monotonic() + save_every
         try:
-            while not self._done.wait(self.TICK):
+            while not self._done:
                 now = time.monotonic()
-                if self.window and self.stream.has_unsent():
-                    pending_since = pending_since or now
-                    if now - pending_since >= self.window:
-                        _flush(self.stream)
-                        pending_since = None
-                if now - last_save >= save_every or now - last_beat >= self.HEARTBEAT_EVERY:
-                    last_save = last_beat = now
+                due = next_save
+                batch_started = self.stream.batch_started
+                if batch_started is not None and self.window:
+                    due = min(due, batch_started + self.window)
+                if due > now:
+                    self.wake.wait(due - now)
+                    self.wake.clear()
+                    continue
+                batch_started = self.stream.batch_started
+                if batch_started is not None and self.window and now >= batch_started + self.window:
+                    _flush(self.stream)
+                if now >= next_save:
+                    next_save = now + save_every
                     if _save_progress(self.stream):
                         self.cancelled.set()
         except Exception:
@@ -413,6 +426,7 @@ def _flush(stream: _Stream) -> None:
         text = stream.text
         if len(text) == stream.sent:
             return
+        stream.batch_started = None
         # Readable before it is announced: a client that fetches the message after
         # subscribing then holds every character of the deltas it did not receive.
         live_text_set(message_id=stream.run.message_id, text=text)

@@ -22,21 +22,24 @@ REAP_EVERY_SECONDS = 2.0
 
 
 class ThreadSafeInMemoryChannelLayer(InMemoryChannelLayer):
-    """InMemoryChannelLayer, with every call made from another event loop (the embedded
-    worker's thread) forwarded onto the server's loop. The stock layer is not thread-safe:
-    a group_send from another thread reaches the server's loop only by accident, late."""
+    """InMemoryChannelLayer, with every call made from another event loop (the publisher's,
+    the embedded worker's) forwarded onto the loop the subscribers live on, which the event hub
+    binds. The stock layer is not thread-safe: a group_send from another thread reaches the
+    server's loop only by accident, late."""
 
     server_loop: asyncio.AbstractEventLoop | None = None
 
-    def _remember_or_forward(self) -> asyncio.AbstractEventLoop | None:
-        current = asyncio.get_running_loop()
-        if self.server_loop is None or self.server_loop.is_closed():
-            self.server_loop = current
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.server_loop = loop
+
+    def _target(self) -> asyncio.AbstractEventLoop | None:
+        target = self.server_loop
+        if target is None or target.is_closed() or target is asyncio.get_running_loop():
             return None
-        return None if current is self.server_loop else self.server_loop
+        return target
 
     async def _run(self, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
-        target = self._remember_or_forward()
+        target = self._target()
         if target is None:
             return await coro_fn(*args, **kwargs)
         future = asyncio.run_coroutine_threadsafe(coro_fn(*args, **kwargs), target)
