@@ -395,7 +395,7 @@ class _Pacer(threading.Thread):
     def run(self) -> None:
         from django.db import connection
 
-        save_every = min(settings.STREAM_SAVE_MS / 1000, self.HEARTBEAT_EVERY)
+        save_every = max(min(settings.STREAM_SAVE_MS / 1000, self.HEARTBEAT_EVERY), 0.01)
         next_save = time.monotonic() + save_every
         try:
             while not self._done:
@@ -408,15 +408,22 @@ class _Pacer(threading.Thread):
                     self.wake.wait(due - now)
                     self.wake.clear()
                     continue
-                batch_started = self.stream.batch_started
-                if batch_started is not None and self.window and now >= batch_started + self.window:
-                    _flush(self.stream)
-                if now >= next_save:
-                    next_save = now + save_every
-                    if _save_progress(self.stream):
-                        self.cancelled.set()
-        except Exception:
-            logger.exception("pacer of run %s failed", self.stream.run.pk)
+                try:
+                    batch_started = self.stream.batch_started
+                    if (
+                        batch_started is not None
+                        and self.window
+                        and now >= batch_started + self.window
+                    ):
+                        _flush(self.stream)
+                    if now >= next_save:
+                        next_save = now + save_every
+                        if _save_progress(self.stream):
+                            self.cancelled.set()
+                except Exception:
+                    # A busy database or a lost Redis connection for a moment must not end
+                    # the pulse of the reply; the next round tries again.
+                    logger.exception("pacer of run %s: a round failed", self.stream.run.pk)
         finally:
             connection.close()
 

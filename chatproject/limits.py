@@ -42,6 +42,8 @@ class BodySizeLimit:
 
         async def counting_receive() -> Message:
             nonlocal received
+            if received > limit:  # never pull more of a body already refused
+                raise BodyTooLarge
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -329,6 +329,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "chatproject.api.AutoSchema",
     "EXCEPTION_HANDLER": "chatproject.api.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "NON_FIELD_ERRORS_KEY": "nonFieldErrors",
 }
 
 SPECTACULAR_SETTINGS = {

@@ -70,10 +70,23 @@ class FileOutput(serializers.Serializer):
         return f"/api/v1/files/{file.pk}/content/"
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 class _MetaField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         if not isinstance(data, dict) or len(data) > MAX_META_KEYS:
             raise serializers.ValidationError(f"An object with at most {MAX_META_KEYS} keys.")
+        if _has_nul(data):
+            # PostgreSQL's jsonb cannot hold NUL characters.
+            raise serializers.ValidationError("Text in meta may not contain NUL characters.")
         return super().to_internal_value(data)
 
 
@@ -193,7 +206,10 @@ class MessageDetailApi(APIView):
         selectors.require_message_editor(user=request_user(request), message=message)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        message = services.message_edit(message=message, text=serializer.validated_data["text"])
+        text = serializer.validated_data["text"]
+        if not text.strip() and not message.file_ids:
+            raise Invalid("A message needs text or files.", fields={"text": ["Blank."]})
+        message = services.message_edit(message=message, text=text)
         return Response(MessageOutput(message).data)
 
     @extend_schema(responses={204: None}, summary="Delete (author, thread owner or admin)")

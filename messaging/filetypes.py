@@ -59,7 +59,9 @@ def _claimed_type(name: str, claimed: str) -> str:
     claimed = _ALIASES.get(claimed, claimed)
     if claimed in _GENERIC:
         guessed, _ = mimetypes.guess_type(name)
-        return _ALIASES.get(guessed or "", guessed or "")
+        guessed = _ALIASES.get(guessed or "", guessed or "")
+        # A name like "x.bin" guesses the generic type again: that is no claim at all.
+        return "" if guessed in _GENERIC else guessed
     return claimed
 
 

@@ -12,6 +12,7 @@ from django.db.models import Q, QuerySet
 from messaging.livetext import live_texts
 from messaging.models import File, Message
 from threads.errors import Forbidden, Invalid, NotFound
+from threads.ids import is_valid_client_id
 from threads.models import Thread, ThreadMembership, User
 from threads.permissions import Perm, has_perm, require_perm
 from threads.selectors import access_thread, is_thread_owner
@@ -121,6 +122,8 @@ def _any_seq(thread: Thread, *, order: str, **seq_filter: int) -> bool:
 def access_message(*, user: User | AnonymousUser, message_id: str, perm: Perm) -> Message:
     """The message, if the user may `perm` it in its thread; one 404 for missing and not yours."""
     require_perm(user, perm)
+    if not is_valid_client_id(message_id):
+        raise NotFound(MESSAGE_NOT_FOUND)
     thread_id = Message.objects.filter(pk=message_id).values_list("thread_id", flat=True).first()
     if thread_id is None:
         raise NotFound(MESSAGE_NOT_FOUND)
@@ -164,7 +167,7 @@ def require_message_deleter(*, user: User, message: Message) -> None:
 
 def access_file(*, user: User | AnonymousUser, file_id: str) -> File:
     """A file its owner, a member of a thread it is attached to, or an admin may read."""
-    if not user.is_authenticated:
+    if not user.is_authenticated or not is_valid_client_id(file_id):
         raise NotFound(FILE_NOT_FOUND)
     queryset = File.objects.filter(pk=file_id)
     if not (isinstance(user, User) and user.is_admin):

@@ -9,7 +9,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.files import File as DjangoFile
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from messaging import events
@@ -346,14 +346,13 @@ def thread_delete(*, thread: Thread) -> None:
             also_to_users=member_ids,
             log=False,
         )
-        files = list(
-            File.objects.filter(messages__thread=thread)
-            .annotate(
-                other_threads=Count("messages", filter=~Q(messages__thread=thread), distinct=True)
-            )
-            .filter(other_threads=0)
-            .distinct()
+        attached_here = File.objects.filter(messages__thread=thread).values("pk")
+        attached_elsewhere = (
+            Message.files.through.objects.filter(file_id__in=attached_here)
+            .exclude(message__thread=thread)
+            .values("file_id")
         )
+        files = list(File.objects.filter(pk__in=attached_here).exclude(pk__in=attached_elsewhere))
         blob_names = [(file.content.storage, file.content.name) for file in files]
         File.objects.filter(pk__in=[file.pk for file in files]).delete()
         thread.delete()

@@ -64,6 +64,9 @@ class Subscription:
         self.send = send
         self.threads: dict[str, _ThreadState] = {}
         self.messages_allowed: dict[str, bool] = {}
+        # The last seq sent per thread, kept after a subscription ends, so the copy of the
+        # ending event that also comes by the user's own stream is not sent twice.
+        self.delivered: dict[str, int] = {}
         self.closed = False
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -138,8 +141,11 @@ class Subscription:
             return
         thread_id = str(event.get("threadId"))
         if group.startswith("user."):
-            # The same event also comes by the thread's group when we follow the thread.
-            if thread_id not in self.threads:
+            # The same event also comes by the thread's group when we follow (or followed) the
+            # thread: send it only if neither copy went out yet.
+            seq = event.get("seq")
+            already = isinstance(seq, int) and seq <= self.delivered.get(thread_id, -1)
+            if thread_id not in self.threads and not already:
                 await self.send(text)
             return
         state = self.threads.get(thread_id)
@@ -207,6 +213,7 @@ class Subscription:
         self, thread_id: str, state: _ThreadState, event: dict[str, Any], text: str
     ) -> None:
         state.last = int(event["seq"])
+        self.delivered[thread_id] = state.last
         kind = event.get("type")
         if kind not in _MESSAGE_EVENTS or self.messages_allowed.get(thread_id, False):
             await self.send(text)

@@ -127,6 +127,7 @@ class ThreadListCreateApi(APIView):
             OpenApiParameter("limit", int, description="1-200, default 50."),
         ],
         responses=ListOutputSerializer,
+        operation_id="threads_list",
         summary="The caller's threads, newest activity first",
     )
     def get(self, request: Request) -> Response:
@@ -281,7 +282,10 @@ class TopicListCreateApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
-        topic = services.topic_create(
+        topic, created = services.topic_create(
             name=data["name"], slug=data.get("slug", ""), topic_id=data.get("id")
         )
-        return Response(TopicOutput(topic).data, status=status.HTTP_201_CREATED)
+        return Response(
+            TopicOutput(topic).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from django.db.models import Prefetch, Q, QuerySet
 
 from threads.errors import Invalid, NotFound
+from threads.ids import is_valid_client_id
 from threads.models import Thread, ThreadMembership, Topic, User
 from threads.permissions import Perm, require_perm
 
@@ -40,7 +41,9 @@ def access_thread(
     is not in, so an outsider cannot tell the two apart.
     """
     require_perm(user, perm)
-    if not isinstance(user, User):  # require_perm already refused anonymous callers
+    if not isinstance(user, User) or not is_valid_client_id(thread_id):
+        # Anonymous callers were refused above; an id no thread can have (NUL bytes, spaces)
+        # is simply not found, without asking the database.
         raise NotFound(THREAD_NOT_FOUND)
     queryset = _thread_queryset() if prefetch else Thread.objects.all()
     if not user.is_admin:
@@ -79,8 +82,11 @@ def _decode_thread_cursor(cursor: str) -> tuple[datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         raw = base64.urlsafe_b64decode(padded.encode()).decode()
         when, thread_id = raw.split("|", 1)
-        return datetime.fromisoformat(when), thread_id
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        moment = datetime.fromisoformat(when)
+        if moment.tzinfo is None or not is_valid_client_id(thread_id):
+            raise ValueError("not a cursor we made")
+        return moment.astimezone(UTC), thread_id
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise Invalid("Malformed cursor.", fields={"cursor": ["Malformed cursor."]}) from exc
 
 
@@ -94,6 +100,8 @@ def thread_list(
     """The user's threads, newest activity first, keyset-paged on (last_activity_at, id)."""
     require_perm(user, Perm.THREAD_VIEW)
     queryset = _thread_queryset().filter(memberships__user=user)
+    if topic and "\x00" in topic:
+        raise Invalid("Malformed topic.", fields={"topic": ["Malformed."]})
     if topic:
         queryset = queryset.filter(Q(topics__id=topic) | Q(topics__slug=topic))
     if cursor:
@@ -118,7 +126,7 @@ def threads_by_ids(*, user: User, ids: list[str] | None) -> list[Thread]:
     require_perm(user, Perm.THREAD_VIEW)
     queryset = _thread_queryset().filter(memberships__user=user)
     if ids:
-        queryset = queryset.filter(pk__in=ids)
+        queryset = queryset.filter(pk__in=[i for i in ids if is_valid_client_id(i)])
     return list(queryset.order_by("-last_activity_at", "-id"))
 
 

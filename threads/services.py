@@ -94,8 +94,9 @@ def token_revoke(*, token: ApiToken) -> None:
 # --- topics ---------------------------------------------------------------------------------
 
 
-def topic_create(*, name: str, slug: str = "", topic_id: str | None = None) -> Topic:
-    """Create a topic; creating one that exists (same id, or same slug and name) returns it."""
+def topic_create(*, name: str, slug: str = "", topic_id: str | None = None) -> tuple[Topic, bool]:
+    """Create a topic; return (topic, created). Creating one that exists (same id, or same slug
+    and name) returns it."""
     _check_client_id(topic_id)
     name = name.strip()
     slug = slugify(slug or name)
@@ -107,7 +108,7 @@ def topic_create(*, name: str, slug: str = "", topic_id: str | None = None) -> T
     if existing is not None:
         if topic_id and existing.pk != topic_id:
             raise Conflict("A topic with this slug already exists.", fields={"slug": [slug]})
-        return existing
+        return existing, False
     try:
         with transaction.atomic():
             topic = Topic(name=name, slug=slug)
@@ -116,7 +117,7 @@ def topic_create(*, name: str, slug: str = "", topic_id: str | None = None) -> T
             topic.save(force_insert=True)
     except IntegrityError as exc:
         raise Conflict("A topic with this name or slug already exists.") from exc
-    return topic
+    return topic, True
 
 
 def _topics_resolve(topic_ids: Sequence[str]) -> list[Topic]:
@@ -149,7 +150,7 @@ def thread_create(
     if thread_id:
         existing = Thread.objects.filter(pk=thread_id).first()
         if existing is not None:
-            if ThreadMembership.objects.filter(thread=existing, user=creator).exists():
+            if existing.creator_id == creator.pk:
                 return existing, False
             raise Conflict("This thread id is already in use.", fields={"id": [thread_id]})
     topics = _topics_resolve(topic_ids)
@@ -226,6 +227,8 @@ def membership_remove(*, thread: Thread, actor: User, user_id: str) -> None:
     may remove themselves (leave)."""
     if actor.pk != user_id:
         require_owner(thread=thread, actor=actor)
+    if not is_valid_client_id(user_id):
+        raise NotFound("Member not found.")
     with transaction.atomic():
         membership = (
             ThreadMembership.objects.select_for_update()
