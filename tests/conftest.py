@@ -1,4 +1,7 @@
-"""The cast every permission test uses: alice (owner), bob (member), charlie (outsider), an admin."""
+"""The cast every permission test uses.
+
+alice (owner), bob (member), charlie (outsider), an admin.
+"""
 
 from __future__ import annotations
 
@@ -31,10 +34,10 @@ class Cast:
 
 @pytest.fixture
 def cast(db: None) -> Cast:
-    alice = UserFactory(username="alice")
-    bob = UserFactory(username="bob")
-    charlie = UserFactory(username="charlie")
-    admin = UserFactory(username="admin", is_superuser=True, is_staff=True)
-    thread = ThreadFactory(creator=alice, title="Alice's thread")
+    alice = UserFactory.create(username="alice")
+    bob = UserFactory.create(username="bob")
+    charlie = UserFactory.create(username="charlie")
+    admin = UserFactory.create(username="admin", is_superuser=True, is_staff=True)
+    thread = ThreadFactory.create(creator=alice, title="Alice's thread")
     ThreadMembership.objects.create(thread=thread, user=bob, role=ThreadMembership.Role.MEMBER)
     return Cast(alice=alice, bob=bob, charlie=charlie, admin=admin, thread=thread)

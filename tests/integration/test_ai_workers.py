@@ -198,7 +198,8 @@ def stack() -> Iterator[Stack]:
                 " provider='openai', provider_model='smollm2', context_window=2048,"
                 " max_output_tokens=200, price_input_per_1k=Decimal('0.01'),"
                 " price_output_per_1k=Decimal('0.02'), available_to_all=True);"
-                "credit_add(user=User.objects.get(username='alice'), amount=Decimal('5'), note='it')"
+                "credit_add(user=User.objects.get(username='alice'),"
+                " amount=Decimal('5'), note='it')"
             ),
         )
         s.base = f"http://127.0.0.1:{web_port}"
@@ -336,10 +337,14 @@ def test_kill_9_of_the_worker_mid_reply_ends_in_a_rerun_without_double_charge(st
                     if event["type"] == "chatMessageDelta":
                         break
             except TimeoutError:
-                state = stack.manage("shell", "-c", (
-                    "from agents.models import AgentRun;"
-                    f"print(AgentRun.objects.filter(pk='{run_id}').values().first())"
-                ))
+                state = stack.manage(
+                    "shell",
+                    "-c",
+                    (
+                        "from agents.models import AgentRun;"
+                        f"print(AgentRun.objects.filter(pk='{run_id}').values().first())"
+                    ),
+                )
                 raise AssertionError(f"the reply never started streaming: {state}") from None
             worker_a.send_signal(signal.SIGKILL)
             worker_a.wait(timeout=10)
@@ -363,7 +368,8 @@ def test_kill_9_of_the_worker_mid_reply_ends_in_a_rerun_without_double_charge(st
                     (
                         "import json; from agents.models import LedgerEntry, AgentRun;"
                         f"run = AgentRun.objects.get(pk='{run_id}');"
-                        "entries = list(LedgerEntry.objects.filter(run=run).values_list('kind', flat=True));"
+                        "entries = list(LedgerEntry.objects.filter(run=run)"
+                        ".values_list('kind', flat=True));"
                         "acct = run.requested_by.account;"
                         "total = sum(e.amount for e in acct.entries.all());"
                         "print(json.dumps({'entries': sorted(entries), 'attempts': run.attempts,"
