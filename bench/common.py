@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +46,19 @@ def pg_recreate(name: str) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    """Run `manage.py ARGS` with `env`; its stdout, stripped."""
+    out = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
 
 
 def timed(fn: Callable[[], object], repeat: int, warmup: int = 5) -> list[float]:

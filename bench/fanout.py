@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 import websockets
 
-from bench.common import ROOT, machine_line, pct, pg_recreate, table, write_section
+from bench.common import ROOT, machine_line, manage, pct, pg_recreate, table, write_section
 from bench.startup import free_port, rss_mb
 
 BIN = Path(sys.executable).parent
@@ -241,19 +241,10 @@ async def measure(
 
 
 def seed_threadline(env: dict[str, str]) -> dict[str, str]:
-    def manage(*args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-
-    manage("migrate", "--noinput")
-    token = manage("issue_token", "fanout", "--create")
+    manage(env, "migrate", "--noinput")
+    token = manage(env, "issue_token", "fanout", "--create")
     thread = manage(
+        env,
         "shell",
         "-c",
         "from messaging.services import thread_create; from threads.models import User;"

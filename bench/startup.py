@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, machine_line, summary, table, timed, write_section
+from bench.common import ROOT, machine_line, manage, summary, table, timed, write_section
 
 DAPHNE = str(Path(sys.executable).with_name("daphne"))
 
@@ -61,18 +61,6 @@ def start(app: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int, 
             time.sleep(0.02)
     proc.kill()
     raise RuntimeError(f"{app} did not become healthy")
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout
 
 
 SEED = """

@@ -37,6 +37,7 @@ import websockets
 from bench.common import (
     ROOT,
     machine_line,
+    manage,
     pct,
     pg_recreate,
     setup_django,
@@ -107,17 +108,6 @@ class Procs:
         for proc in self.procs:
             if proc.poll() is None:
                 self.stop(proc)
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
 
 
 def wait_http(url: str) -> None:
