@@ -164,9 +164,10 @@ if DATABASE_URL:
 
     try:
         DATABASES: dict[str, dict[str, Any]] = {
-            "default": dict(
-                dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
-            )
+            # No persistent connections: under ASGI each request's database work runs on a
+            # thread of its own, and a kept connection is only closed when garbage collected
+            # (Django's docs: disable them under ASGI; use a pooler such as PgBouncer instead).
+            "default": dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))
         }
     except Exception as exc:  # dj_database_url raises several types for a bad URL
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from exc

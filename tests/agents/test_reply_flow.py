@@ -21,9 +21,8 @@ from messaging.models import Message
 from tests.agents.scripted_llm import ScriptedProvider
 
 # Real commits (transaction=True): the eager task runs at the request's commit and each of its
-# own transactions publishes at its commit, in the order a real worker does. serialized_rollback
-# keeps the rows migrations made (the bundled model) across the flushes.
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+# own transactions publishes at its commit, in the order a real worker does.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
