@@ -294,6 +294,8 @@ def test_a_reply_from_a_real_worker_and_model_server_streams_and_survives_a_reco
                 await ws.close()
                 # Reconnect (resume from the last numbered event), then read the saved text.
                 ws = await _follow(stack, thread, last_seq=last_seq)
+                # Following for sure (the acknowledgement) before reading the saved text.
+                assert json.loads(await ws.recv())["type"] == "subscribed"
                 partial = api.get(f"/api/v1/messages/{reply_id}/").json()["text"]
                 rest = await _events_until_completed(ws, reply_id, timeout=120)
                 await ws.close()
