@@ -19,6 +19,7 @@ from django.http.response import HttpResponseBase
 from django.middleware.csrf import CsrfViewMiddleware
 
 from chatproject.api import error_body
+from messaging.events import TRANSIENT_TYPES
 from messaging.streams import MAX_THREADS_PER_CONNECTION, Subscription
 from threads.authentication import user_from_token
 from threads.errors import ApplicationError, Invalid
@@ -137,7 +138,9 @@ async def events_stream(request: HttpRequest) -> HttpResponseBase:
                     continue
                 event = json.loads(text)
                 thread_id = event.get("threadId")
-                if thread_id in positions and isinstance(event.get("seq"), int):
+                # Deltas are not numbered: their seq is no position to resume from.
+                numbered = event.get("type") not in TRANSIENT_TYPES
+                if numbered and thread_id in positions and isinstance(event.get("seq"), int):
                     positions[thread_id] = event["seq"]
                 yield f"id: {format_positions(positions)}\nevent: {event['type']}\ndata: {text}\n\n"
         finally:
