@@ -166,9 +166,18 @@ if DATABASE_URL:
         DATABASES: dict[str, dict[str, Any]] = {
             # No persistent connections: under ASGI each request's database work runs on a
             # thread of its own, and a kept connection is only closed when garbage collected
-            # (Django's docs: disable them under ASGI; use a pooler such as PgBouncer instead).
+            # (Django's docs: disable them under ASGI). PostgreSQL gets a connection pool
+            # instead, so "closing" hands the connection back rather than reconnecting.
             "default": dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))
         }
+        if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
+            "DB_POOL", True
+        ):
+            DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+                "min_size": 1,
+                "max_size": env_int("DB_POOL_MAX_SIZE", 20, minimum=1),
+                "timeout": 30,
+            }
     except Exception as exc:  # dj_database_url raises several types for a bad URL
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from exc
 else:
