@@ -29,11 +29,10 @@ from typing import Any, Protocol
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from messaging.models import ThreadEvent
-from threads.models import Thread
+from threads.services import thread_seq_take
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +114,7 @@ def encode(event: dict[str, Any]) -> str:
 def next_seq(thread_id: str) -> int:
     """Take the thread's next event seq. Call inside a transaction: the UPDATE locks the thread
     row until commit, which is what makes seq order the commit order."""
-    Thread.objects.filter(pk=thread_id).update(last_event_seq=F("last_event_seq") + 1)
-    return int(Thread.objects.filter(pk=thread_id).values_list("last_event_seq", flat=True).get())
+    return thread_seq_take(thread_id=thread_id, message=False)[1]
 
 
 def record(

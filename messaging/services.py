@@ -9,7 +9,6 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.files import File as DjangoFile
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from messaging import events
@@ -86,17 +85,9 @@ def message_post(
     now = timezone.now()
     try:
         with transaction.atomic():
-            # The UPDATE takes the row lock that serialises concurrent posts to this thread;
-            # the read after it sees our own increments (message seq and event seq at once).
-            Thread.objects.filter(pk=thread.pk).update(
-                last_message_seq=F("last_message_seq") + 1,
-                last_event_seq=F("last_event_seq") + 1,
-                last_activity_at=now,
-            )
-            seq, event_seq = (
-                Thread.objects.filter(pk=thread.pk)
-                .values_list("last_message_seq", "last_event_seq")
-                .get()
+            # Locks the thread row: concurrent posts to this thread queue here, in seq order.
+            seq, event_seq = thread_services.thread_seq_take(
+                thread_id=thread.pk, message=True, activity_at=now
             )
             message = Message(
                 thread=thread,

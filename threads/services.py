@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 from django.contrib.auth.models import Group, Permission
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -89,6 +91,39 @@ def token_issue(*, user: User, name: str = "") -> tuple[ApiToken, str]:
 def token_revoke(*, token: ApiToken) -> None:
     token.revoked_at = timezone.now()
     token.save(update_fields=["revoked_at"])
+
+
+# --- sequence numbers ---------------------------------------------------------------------
+
+
+def thread_seq_take(
+    *, thread_id: str, message: bool, activity_at: datetime | None = None
+) -> tuple[int, int]:
+    """Take the thread's next event seq, and its next message seq if `message`, in one
+    statement; return (last_message_seq, last_event_seq).
+
+    Call inside a transaction: the UPDATE locks the thread row until commit, which is what
+    makes both sequences follow commit order. (UPDATE ... RETURNING, which the ORM cannot say,
+    saves the read-back query on the hottest write path.)
+    """
+    sets = ["last_event_seq = last_event_seq + 1"]
+    params: list[Any] = []
+    if message:
+        sets.append("last_message_seq = last_message_seq + 1")
+    if activity_at is not None:
+        sets.append("last_activity_at = %s")
+        params.append(connection.ops.adapt_datetimefield_value(activity_at))
+    table = connection.ops.quote_name(Thread._meta.db_table)
+    sql = (
+        f"UPDATE {table} SET {', '.join(sets)} WHERE id = %s"  # noqa: S608 - names from the model
+        " RETURNING last_message_seq, last_event_seq"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, thread_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise NotFound("Thread not found.")
+    return int(row[0]), int(row[1])
 
 
 # --- topics ---------------------------------------------------------------------------------
