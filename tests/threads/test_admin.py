@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
+# The admin escapes "_" in ids ("_5F"): an id like tok_26… would otherwise unquote to "&".
+from django.contrib.admin.utils import quote
 from django.test import Client
 
 from messaging.services import file_create
@@ -63,7 +65,7 @@ def test_admin_search_pages_open(admin_client_: Client) -> None:
 
 
 def test_thread_change_page_shows_its_membership_inline(admin_client_: Client, cast: Cast) -> None:
-    response = admin_client_.get(f"/admin/threads/thread/{cast.thread.pk}/change/")
+    response = admin_client_.get(f"/admin/threads/thread/{quote(cast.thread.pk)}/change/")
     assert response.status_code == 200
     page = response.content.decode()
     assert 'name="memberships-TOTAL_FORMS" value="2"' in page
@@ -75,11 +77,11 @@ def test_change_pages_of_the_other_models_open(admin_client_: Client, cast: Cast
     file = message.files.get()
     token = cast.alice.api_tokens.get()
     for url in (
-        f"/admin/messaging/message/{message.pk}/change/",
-        f"/admin/messaging/file/{file.pk}/change/",
-        f"/admin/threads/apitoken/{token.pk}/change/",
-        f"/admin/threads/user/{cast.bob.pk}/change/",
-        f"/admin/threads/topic/{cast.thread.topics.get().pk}/change/",
+        f"/admin/messaging/message/{quote(message.pk)}/change/",
+        f"/admin/messaging/file/{quote(file.pk)}/change/",
+        f"/admin/threads/apitoken/{quote(token.pk)}/change/",
+        f"/admin/threads/user/{quote(cast.bob.pk)}/change/",
+        f"/admin/threads/topic/{quote(cast.thread.topics.get().pk)}/change/",
         "/admin/threads/thread/add/",
         "/admin/threads/topic/add/",
     ):
