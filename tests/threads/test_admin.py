@@ -5,8 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-# The admin escapes "_" in ids ("_5F"): an id like tok_26… would otherwise unquote to "&".
-from django.contrib.admin.utils import quote
+from django.contrib.admin.utils import quote  # the admin escapes "_" in ids as "_5F"
 from django.test import Client
 
 from messaging.services import file_create
