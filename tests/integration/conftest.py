@@ -38,7 +38,7 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -108,7 +108,7 @@ def _run(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
 
 
 def _start_daphne(name: str, env: dict[str, str], logs: Path) -> Server:
-    port = _free_port()
+    port = free_port()
     log = logs / f"daphne-{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

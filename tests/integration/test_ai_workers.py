@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,23 +23,13 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration.conftest import free_port, unavailable
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/6"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (required in CI)")
-    pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_http(url: str, timeout: float = 60) -> None:
@@ -160,13 +149,13 @@ def stack() -> Iterator[Stack]:
         redis.Redis.from_url(REDIS_URL).flushdb()
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
     except Exception as exc:
-        _unavailable(f"PostgreSQL and Redis on 127.0.0.1 are needed: {exc}")
+        unavailable(f"PostgreSQL and Redis on 127.0.0.1 are needed: {exc}")
     from agents.llm.local import bundled_model_path
 
     s = Stack()
     admin.execute(f'CREATE DATABASE "{s.db_name}"')
     try:
-        llama_port, web_port = _free_port(), _free_port()
+        llama_port, web_port = free_port(), free_port()
         s.env["LLM_BASE_URL"] = f"http://127.0.0.1:{llama_port}/v1"
         s.start(
             "llama",
