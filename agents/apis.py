@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents.models import AIModel, ThreadSummary
+from agents.models import ThreadSummary
 from agents.selectors import models_for_user
 from chatproject.api import request_user
 from threads.permissions import Perm
@@ -31,9 +29,6 @@ class ModelOutput(serializers.Serializer):
         source="price_output_per_1k", max_digits=16, decimal_places=6
     )
     isDefault = serializers.BooleanField(source="is_default")
-
-    def to_representation(self, model: AIModel) -> dict[str, Any]:
-        return dict(super().to_representation(model))
 
 
 class ModelListApi(APIView):
