@@ -10,8 +10,17 @@ from django.db import models
 from django.db.models import Q
 
 from messaging.models import Message
-from threads.ids import ID_MAX_LENGTH, new_model_id, new_run_id
+from threads.ids import ID_MAX_LENGTH, new_artifact_id, new_model_id, new_run_id
 from threads.models import Thread
+
+
+class AgentMode(models.TextChoices):
+    """How a reply is produced: one model call, or a crew of specialists with tools. `auto`
+    picks the crew when the model can call tools."""
+
+    AUTO = "auto", "Auto (crew when the model can call tools)"
+    CREW = "crew", "Crew"
+    CORE = "core", "Single model"
 
 
 class AIModel(models.Model):
@@ -29,6 +38,17 @@ class AIModel(models.Model):
     max_output_tokens = models.PositiveIntegerField(default=256)
     price_input_per_1k = models.DecimalField(default=Decimal(0), max_digits=16, decimal_places=6)
     price_output_per_1k = models.DecimalField(default=Decimal(0), max_digits=16, decimal_places=6)
+    supports_tools = models.BooleanField(
+        default=False,
+        help_text="The model follows tool-use instructions well enough to drive the crew.",
+    )
+    agent_mode = models.CharField(
+        max_length=10,
+        blank=True,
+        default="",
+        choices=AgentMode.choices,
+        help_text="Empty: the deployment's AGENT_MODE.",
+    )
     is_active = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False, help_text="Used when a request names none.")
     available_to_all = models.BooleanField(
@@ -101,6 +121,9 @@ class AgentRun(models.Model):
     )
     model = models.ForeignKey(AIModel, on_delete=models.PROTECT, related_name="runs")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    mode = models.CharField(max_length=10, choices=AgentMode.choices, default=AgentMode.CORE)
+    # Tokens and cost per agent, calls and time per tool: {"agents": {...}, "tools": {...}}.
+    usage = models.JSONField(default=dict, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -166,3 +189,57 @@ class ThreadSummary(models.Model):
 
     def __str__(self) -> str:
         return f"summary of {self.thread_id} to #{self.upto_seq}"
+
+
+class CrewSlot(models.Model):
+    """One of CREW_MAX_CONCURRENCY places for a running crew, deployment-wide. A run takes a
+    free slot (or one whose run has ended or gone silent) under a row lock; the rows are the
+    semaphore, so the cap holds across any number of worker processes and machines."""
+
+    number = models.PositiveIntegerField(primary_key=True)
+    run = models.OneToOneField(
+        AgentRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="crew_slot"
+    )
+    taken_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"crew slot {self.number}: {self.run_id or 'free'}"
+
+
+def _artifact_path(instance: Artifact, filename: str) -> str:
+    # Named by id alone, like attachments: nothing a model wrote becomes a path or a key.
+    return f"artifacts/{instance.created_at:%Y/%m}/{instance.pk}"
+
+
+class Artifact(models.Model):
+    """Something the crew made besides text: a chart, a table, a summary document."""
+
+    class Kind(models.TextChoices):
+        CHART = "chart", "Chart"
+        TABLE = "table", "Table"
+        SUMMARY = "summary", "Summary"
+        FILE = "file", "File"
+
+    id = models.CharField(primary_key=True, max_length=ID_MAX_LENGTH, default=new_artifact_id)
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="artifacts")
+    message = models.ForeignKey(
+        Message, on_delete=models.SET_NULL, null=True, blank=True, related_name="artifacts"
+    )
+    run = models.ForeignKey(
+        AgentRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="artifacts"
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    title = models.CharField(max_length=200)
+    content_type = models.CharField(max_length=100)
+    size = models.BigIntegerField()
+    content = models.FileField(upload_to=_artifact_path, max_length=255)
+    # What stands behind it: a chart's data rows, a table's Markdown, the agent that made it.
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["thread", "created_at"], name="artifact_thread_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.title!r} ({self.id})"

@@ -21,12 +21,15 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
+from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from agents import context, housekeeping
-from agents.llm import Completion, LLMError, get_provider
-from agents.models import Account, AgentRun, AIModel, LedgerEntry
+from agents.llm import Completion, LLMError, Usage, get_provider
+from agents.models import Account, AgentMode, AgentRun, AIModel, Artifact, CrewSlot, LedgerEntry
 from messaging import events
 from messaging import services as messaging_services
 from messaging.events import EventType
@@ -129,16 +132,39 @@ def _settle(*, run: AgentRun, cost: Decimal) -> Decimal:
 # --- asking ------------------------------------------------------------------------------------
 
 
+def agent_mode_for(*, thread: Thread, model: AIModel) -> str:
+    """crew or core: the thread's setting, else the model's, else the deployment's; `auto`
+    means the crew when the model can call tools (so the bundled small model stays fast)."""
+    mode = thread.agent_mode or model.agent_mode or settings.AGENT_MODE
+    if mode == AgentMode.AUTO:
+        mode = AgentMode.CREW if model.supports_tools else AgentMode.CORE
+    return str(mode)
+
+
+# A crew makes several model calls (planner, specialists' steps, writer); its reservation
+# covers this many full calls, and the crew stops before a call that could exceed it.
+CREW_RESERVED_CALLS = 8
+
+
 def reply_request(
-    *, thread: Thread, requester: User, request_message: Message | None, model: AIModel
+    *,
+    thread: Thread,
+    requester: User,
+    request_message: Message | None,
+    model: AIModel,
+    gateway_token: str | None = None,
 ) -> AgentRun:
     """Create the queued AI message and its run, reserve the money, queue the worker on commit.
 
     Call inside the transaction that stored the question: a refusal (403 for a balance at or
     below zero or below what the reply may cost) rolls the question back with it, and no model
-    is called.
+    is called. `gateway_token` is the asker's bearer token, forwarded by the crew's gateway tool
+    and kept only in the cache for the run's lifetime (never in the database).
     """
+    mode = agent_mode_for(thread=thread, model=model)
     reserve = most_a_reply_can_cost(model)
+    if mode == AgentMode.CREW:
+        reserve *= CREW_RESERVED_CALLS
     account = account_lock(user=requester)
     if account.balance <= 0 or account.balance < reserve:
         raise Forbidden(
@@ -150,7 +176,12 @@ def reply_request(
         author=None,
         text="",
         status=Message.Status.QUEUED,
-        meta={"modelId": model.pk, "platformId": model.provider, "model": model.name},
+        meta={
+            "modelId": model.pk,
+            "platformId": model.provider,
+            "model": model.name,
+            "mode": mode,
+        },
     )
     run = AgentRun.objects.create(
         thread=thread,
@@ -158,6 +189,7 @@ def reply_request(
         request_message=request_message,
         requested_by=requester,
         model=model,
+        mode=mode,
         reserved=reserve,
     )
     _ledger_add(
@@ -168,17 +200,28 @@ def reply_request(
         note=f"reply with {model.name}",
     )
     run_id = run.pk
-    transaction.on_commit(lambda: _enqueue(run_id))
+    if gateway_token and settings.GATEWAY_URL and mode == AgentMode.CREW:
+        token_key = _gateway_token_key(run_id)
+        timeout = settings.RUN_TIME_LIMIT_SECONDS * 2 + 600
+        transaction.on_commit(lambda: cache.set(token_key, gateway_token, timeout=timeout))
+    transaction.on_commit(lambda: _enqueue(run_id, crew=mode == AgentMode.CREW))
     return run
 
 
-def _enqueue(run_id: str) -> None:
+def _gateway_token_key(run_id: str) -> str:
+    return f"threadline:run-gateway-token:{run_id}"
+
+
+def _enqueue(run_id: str, *, crew: bool = False, countdown: float = 0) -> None:
     from agents.tasks import run_agent
 
-    run_agent.delay(run_id)
+    queue = settings.CREW_QUEUE if crew else None
+    run_agent.apply_async(args=(run_id,), queue=queue, countdown=countdown or None)
 
 
-def reply_regenerate(*, message: Message, actor: User) -> AgentRun:
+def reply_regenerate(
+    *, message: Message, actor: User, gateway_token: str | None = None
+) -> AgentRun:
     """A new reply to the question an AI message answered. Call inside a transaction."""
     run = (
         AgentRun.objects.select_related("model", "request_message").filter(message=message).first()
@@ -192,6 +235,7 @@ def reply_regenerate(*, message: Message, actor: User) -> AgentRun:
         requester=actor,
         request_message=run.request_message,
         model=run.model,
+        gateway_token=gateway_token,
     )
 
 
@@ -244,8 +288,16 @@ class _Stream:
         return "".join(self.parts)
 
 
-def _claim(run_id: str) -> AgentRun | None:
-    """Take the run for this worker, or None if it is finished or alive elsewhere."""
+class _Wait:
+    """The run must wait for a free crew slot."""
+
+
+WAIT = _Wait()
+
+
+def _claim(run_id: str) -> AgentRun | _Wait | None:
+    """Take the run for this worker; None if it is finished or alive elsewhere, WAIT if it is a
+    crew and every crew slot is busy."""
     stale_before = timezone.now() - timedelta(seconds=settings.RUN_STALE_SECONDS)
     with transaction.atomic():
         run = (
@@ -265,6 +317,9 @@ def _claim(run_id: str) -> AgentRun | None:
         if run.cancel_requested:
             _finish(run=run, text=run.message.text, status=AgentRun.Status.CANCELLED)
             return None
+        if run.mode == AgentMode.CREW and not _crew_slot_take(run):
+            _crew_wait_note(run)
+            return WAIT
         now = timezone.now()
         run.status = AgentRun.Status.RUNNING
         run.attempts += 1
@@ -283,12 +338,28 @@ def run_execute(*, run_id: str) -> None:
     run = _claim(run_id)
     if run is None:
         return
+    if isinstance(run, _Wait):
+        _enqueue(run_id, crew=True, countdown=CREW_WAIT_SECONDS)
+        return
     stream = _Stream(run=run, seq=run.thread.last_event_seq)
     completion = Completion()
     status, error = AgentRun.Status.COMPLETE, ""
     started = time.monotonic()
+    provider = get_provider(run.model)
+    if run.mode == AgentMode.CREW:
+        outcome = _crew_execute(run=run, stream=stream, provider=provider, started=started)
+        _flush(stream)
+        _run_close(
+            run=run,
+            stream=stream,
+            status=outcome.status,
+            error=outcome.error,
+            usage=outcome.usage,
+            meta=outcome.meta,
+            provider=provider,
+        )
+        return
     try:
-        provider = get_provider(run.model)
         for attempt in range(2):
             try:
                 messages = context.build(run=run, count_tokens=provider.count_tokens)
@@ -316,6 +387,27 @@ def run_execute(*, run_id: str) -> None:
         logger.exception("run %s failed", run.pk)
         status, error = AgentRun.Status.FAILED, "The reply failed because of an internal error."
     _flush(stream)
+    _run_close(
+        run=run,
+        stream=stream,
+        status=status,
+        error=error,
+        usage=completion.usage,
+        meta={},
+        provider=provider,
+    )
+
+
+def _run_close(
+    *,
+    run: AgentRun,
+    stream: _Stream,
+    status: str,
+    error: str,
+    usage: Usage,
+    meta: dict[str, Any],
+    provider: Any,
+) -> None:
     with transaction.atomic():
         locked = (
             AgentRun.objects.select_for_update(of=("self",))
@@ -324,9 +416,9 @@ def run_execute(*, run_id: str) -> None:
         )
         if locked.status in TERMINAL:
             return  # the reaper or a stop already ended it
-        locked.prompt_tokens = completion.usage.prompt_tokens
-        locked.completion_tokens = completion.usage.completion_tokens
-        _finish(run=locked, text=stream.text, status=status, error=error)
+        locked.prompt_tokens = usage.prompt_tokens
+        locked.completion_tokens = usage.completion_tokens
+        _finish(run=locked, text=stream.text, status=status, error=error, meta=meta)
     if status == AgentRun.Status.COMPLETE:
         _upkeep(locked, provider)
 
@@ -349,17 +441,7 @@ def _pump(stream: _Stream, pieces: Any, started: float) -> bool:
     pacer.start()
     try:
         for piece in pieces:
-            with stream.lock:
-                stream.parts.append(piece)
-                stream.written += len(piece)
-                opens_batch = stream.batch_started is None
-                if opens_batch:
-                    stream.batch_started = time.monotonic()
-            if window == 0 or stream.sent == 0:
-                # Batching off, or the reply's first words: out at once (time to first token).
-                _flush(stream)
-            elif opens_batch:
-                pacer.wake.set()
+            _append(stream, pacer, window, piece)
             if pacer.cancelled.is_set():
                 return True
             if time.monotonic() - started > settings.RUN_TIME_LIMIT_SECONDS:
@@ -370,6 +452,21 @@ def _pump(stream: _Stream, pieces: Any, started: float) -> bool:
         if close is not None:
             close()  # stops the model generating
         pacer.stop()
+
+
+def _append(stream: _Stream, pacer: _Pacer, window: float, piece: str) -> None:
+    """Add text to the reply; send it now or leave it to the pacer's next batch."""
+    with stream.lock:
+        stream.parts.append(piece)
+        stream.written += len(piece)
+        opens_batch = stream.batch_started is None
+        if opens_batch:
+            stream.batch_started = time.monotonic()
+    if window == 0 or stream.sent == 0:
+        # Batching off, or the reply's first words: out at once (time to first token).
+        _flush(stream)
+    elif opens_batch:
+        pacer.wake.set()
 
 
 class _Pacer(threading.Thread):
@@ -465,8 +562,12 @@ def _save_progress(stream: _Stream) -> bool:
     )
 
 
-def _finish(*, run: AgentRun, text: str, status: str, error: str = "") -> None:
-    """End a run in the caller's transaction: message, usage, money, event."""
+def _finish(
+    *, run: AgentRun, text: str, status: str, error: str = "", meta: dict[str, Any] | None = None
+) -> None:
+    """End a run in the caller's transaction: message, usage, money, event; a crew's slot is
+    given back. `meta` adds to the message's meta (a crew's usage per agent, artifacts...)."""
+    extra = dict(meta or {})
     now = timezone.now()
     cost = reply_cost(
         model=run.model, prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens
@@ -475,6 +576,9 @@ def _finish(*, run: AgentRun, text: str, status: str, error: str = "") -> None:
     run.status = status
     run.error = error
     run.finished_at = now
+    breakdown = extra.pop("usage", None)
+    if breakdown:
+        run.usage = breakdown
     run.save(
         update_fields=[
             "status",
@@ -483,20 +587,413 @@ def _finish(*, run: AgentRun, text: str, status: str, error: str = "") -> None:
             "cost",
             "prompt_tokens",
             "completion_tokens",
+            "usage",
         ]
     )
-    usage = {
+    if run.mode == AgentMode.CREW:
+        CrewSlot.objects.filter(run=run).update(run=None, taken_at=None)
+    usage: dict[str, Any] = {
         "promptTokens": run.prompt_tokens,
         "completionTokens": run.completion_tokens,
         "cost": str(run.cost),
     }
-    meta: dict[str, Any] = {"usage": usage}
+    if breakdown:
+        usage.update(breakdown)
+    meta: dict[str, Any] = {"usage": usage, "waiting": None, **extra}
     if error:
         meta["error"] = error
     messaging_services.message_complete(
         message=run.message, text=text, status=_MESSAGE_STATUS[status], meta=meta, usage=usage
     )
     transaction.on_commit(functools.partial(live_text_drop, message_id=run.message_id))
+
+
+# --- the crew ----------------------------------------------------------------------------------
+
+CREW_WAIT_SECONDS = 1.0
+_crew_slots_made: set[int] = set()
+
+
+def _crew_slot_take(run: AgentRun) -> bool:
+    """Hold one of the deployment's CREW_MAX_CONCURRENCY crew slots for this run. A slot is
+    free when nobody holds it, its run has ended, or its run's worker went silent. Call inside
+    the claiming transaction."""
+    limit = settings.CREW_MAX_CONCURRENCY
+    if limit not in _crew_slots_made:
+        CrewSlot.objects.bulk_create(
+            [CrewSlot(number=n) for n in range(limit)], ignore_conflicts=True
+        )
+        _crew_slots_made.add(limit)
+    if CrewSlot.objects.filter(run=run, number__lt=limit).exists():
+        return True  # a re-run of a run that still holds its slot
+    stale_before = timezone.now() - timedelta(seconds=settings.RUN_STALE_SECONDS)
+    slot = (
+        CrewSlot.objects.select_for_update(skip_locked=True, of=("self",))
+        .filter(number__lt=limit)
+        .filter(
+            Q(run__isnull=True)
+            | Q(run__status__in=TERMINAL)
+            | Q(run__heartbeat_at__lt=stale_before)
+            | Q(run__heartbeat_at__isnull=True, taken_at__lt=stale_before)
+        )
+        .order_by("number")
+        .first()
+    )
+    if slot is None:
+        return False
+    CrewSlot.objects.filter(run=run).update(run=None, taken_at=None)
+    slot.run = run
+    slot.taken_at = timezone.now()
+    slot.save(update_fields=["run", "taken_at"])
+    return True
+
+
+def _crew_wait_note(run: AgentRun) -> None:
+    """Say on the message that the reply waits for a crew, and how many wait before it."""
+    ahead = AgentRun.objects.filter(
+        mode=AgentMode.CREW, status=AgentRun.Status.QUEUED, created_at__lt=run.created_at
+    ).count()
+    note = {
+        "reason": f"All {settings.CREW_MAX_CONCURRENCY} crews are busy; this reply waits.",
+        "ahead": ahead,
+    }
+    if run.message.meta.get("waiting") != note:
+        messaging_services.message_meta_update(message=run.message, meta={"waiting": note})
+        _agent_step_record(run=run, agent="crew", step="waiting", detail=note["reason"])
+
+
+def _agent_step_record(
+    *, run: AgentRun, agent: str, step: str, tool: str = "", detail: str = ""
+) -> None:
+    data: dict[str, Any] = {
+        "messageId": run.message_id,
+        "runId": run.pk,
+        "agent": agent,
+        "step": step,
+    }
+    if tool:
+        data["tool"] = tool
+    if detail:
+        data["detail"] = detail
+    with transaction.atomic():
+        events.record(thread_id=run.thread_id, type=EventType.AGENT_STEP, data=data)
+
+
+def artifact_save(
+    *,
+    run: AgentRun,
+    agent: str,
+    kind: str,
+    title: str,
+    content_type: str,
+    content: bytes,
+    data: dict[str, Any],
+) -> Artifact:
+    """Store an artifact's bytes in the default storage and its row, with a chatArtifactAdded
+    event. The bytes go first: a failed row leaves no row without bytes, and its blob is
+    removed."""
+    from agents.wire import artifact_json
+
+    artifact = Artifact(
+        thread_id=run.thread_id,
+        message_id=run.message_id,
+        run=run,
+        kind=kind,
+        title=title,
+        content_type=content_type,
+        size=len(content),
+        data={**data, "agent": agent},
+        created_at=timezone.now(),
+    )
+    artifact.content.save(artifact.pk, ContentFile(content), save=False)
+    try:
+        with transaction.atomic():
+            artifact.save(force_insert=True)
+            events.record(
+                thread_id=run.thread_id,
+                type=EventType.ARTIFACT_ADDED,
+                data=artifact_json(artifact),
+            )
+    except Exception:
+        artifact.content.storage.delete(artifact.content.name)
+        raise
+    return artifact
+
+
+def thread_delete(*, thread: Thread) -> None:
+    """Delete a thread with everything in it, the artifacts' stored bytes included (after
+    commit, like attachments)."""
+    with transaction.atomic():
+        blobs = [
+            (artifact.content.storage, artifact.content.name)
+            for artifact in Artifact.objects.filter(thread=thread).only("id", "content")
+        ]
+        messaging_services.thread_delete(thread=thread)
+
+        def remove_blobs() -> None:
+            for storage, name in blobs:
+                try:
+                    storage.delete(name)
+                except Exception:
+                    logger.exception("could not delete artifact blob %s", name)
+
+        transaction.on_commit(remove_blobs)
+
+
+@dataclass
+class _CrewOutcome:
+    status: str
+    error: str
+    usage: Usage
+    meta: dict[str, Any]
+
+
+@dataclass
+class _CrewLedger:
+    """Tokens per agent as the crew spends them (several threads at once)."""
+
+    model: AIModel
+    agents: dict[str, dict[str, int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, agent: str, prompt_tokens: int, completion_tokens: int) -> None:
+        with self.lock:
+            entry = self.agents.setdefault(
+                agent, {"promptTokens": 0, "completionTokens": 0, "calls": 0}
+            )
+            entry["promptTokens"] += prompt_tokens
+            entry["completionTokens"] += completion_tokens
+            entry["calls"] += 1
+
+    def total(self) -> Usage:
+        with self.lock:
+            return Usage(
+                prompt_tokens=sum(e["promptTokens"] for e in self.agents.values()),
+                completion_tokens=sum(e["completionTokens"] for e in self.agents.values()),
+            )
+
+    def spent(self) -> Decimal:
+        usage = self.total()
+        return reply_cost(
+            model=self.model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+        )
+
+    def breakdown(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                name: {
+                    **entry,
+                    # Each agent's share, rounded on its own: the run's cost (charged) is
+                    # computed from the total tokens, so shares may differ by a micro-unit.
+                    "cost": str(
+                        reply_cost(
+                            model=self.model,
+                            prompt_tokens=entry["promptTokens"],
+                            completion_tokens=entry["completionTokens"],
+                        )
+                    ),
+                }
+                for name, entry in self.agents.items()
+            }
+
+
+def _conversation_text(run: AgentRun, provider: Any) -> tuple[str, str]:
+    """(the conversation before the question, the question) as plain text for the crew."""
+    messages = context.build(run=run, count_tokens=provider.count_tokens)
+    question = ""
+    if run.request_message is not None:
+        question = run.request_message.text
+    lines = []
+    for message in messages[1:]:
+        lines.append(f"{message['role']}: {message['content']}")
+    if messages and messages[0]["content"]:
+        lines.insert(0, f"(context) {messages[0]['content']}")
+    return "\n".join(lines[-40:]), question or (messages[-1]["content"] if messages else "")
+
+
+def _crew_execute(*, run: AgentRun, stream: _Stream, provider: Any, started: float) -> _CrewOutcome:
+    """Run the crew for one reply: its steps and artifacts become events as they happen, the
+    writer's answer streams like a single model's, usage is counted per agent and per tool."""
+    from agents import crew
+    from agents.tools import CrewStopped, ToolContext
+
+    owner = threading.get_ident()
+    ledger = _CrewLedger(model=run.model)
+    window = settings.STREAM_FLUSH_MS / 1000
+    pacer = _Pacer(stream, window=window)
+    artifacts: list[dict[str, Any]] = []
+    stop_reason: list[str] = []
+
+    def own_connection_closed() -> None:
+        if threading.get_ident() != owner:
+            from django.db import connection
+
+            connection.close()
+
+    def should_stop() -> str | None:
+        if pacer.cancelled.is_set():
+            return "Stopped."
+        if time.monotonic() - started > settings.RUN_TIME_LIMIT_SECONDS:
+            return "The reply took too long and was stopped."
+        return None
+
+    def before_call(agent: str) -> str | None:
+        if ledger.spent() + most_a_reply_can_cost(run.model) > run.reserved:
+            return "This reply reached the most it may cost and was stopped."
+        return None
+
+    def step(*, agent: str, step: str, tool: str = "", detail: str = "") -> None:
+        try:
+            _agent_step_record(run=run, agent=agent, step=step, tool=tool, detail=detail)
+        finally:
+            own_connection_closed()
+
+    def save(**kwargs: Any) -> dict[str, Any]:
+        from agents.wire import artifact_json
+
+        try:
+            artifact = artifact_save(run=run, **kwargs)
+        finally:
+            own_connection_closed()
+        summary = artifact_json(artifact)
+        artifacts.append(summary)
+        return summary
+
+    def text(piece: str) -> None:
+        _append(stream, pacer, window, piece)
+
+    hooks = crew.CrewHooks(
+        step=step, text=text, usage=ledger.add, should_stop=should_stop, before_call=before_call
+    )
+    gateway_token = cache.get(_gateway_token_key(run.pk)) if settings.GATEWAY_URL else None
+    tool_context = ToolContext(
+        user=run.requested_by,  # type: ignore[arg-type]
+        thread=run.thread,
+        question_file_ids=run.request_message.file_ids if run.request_message else [],
+        gateway_token=gateway_token,
+        save_artifact=save,
+        step=step,
+        should_stop=should_stop,
+        max_tool_calls=settings.CREW_MAX_TOOL_CALLS,
+    )
+
+    def llm_for(agent: str, streams_answer: bool) -> crew.ProviderLLM:
+        return crew.ProviderLLM(
+            model=run.model.provider_model or run.model.name,
+            agent_name=agent,
+            threadline_provider=provider,
+            hooks=hooks,
+            output_tokens=run.model.max_output_tokens,
+            streams_answer=streams_answer,
+        )
+
+    status, error = AgentRun.Status.COMPLETE, ""
+    result: Any = None
+    pacer.start()
+    try:
+        if run.requested_by is None:
+            raise CrewStopped("The person who asked no longer exists.")
+        conversation, question = _conversation_text(run, provider)
+        file_names = list(
+            Message.files.through.objects.filter(message__thread=run.thread)
+            .values_list("file__name", flat=True)
+            .distinct()[:50]
+        )
+        result = crew.run(
+            question=question,
+            conversation=conversation,
+            file_names=file_names,
+            llm_for=llm_for,
+            tool_context=tool_context,
+            hooks=hooks,
+            max_steps=settings.CREW_MAX_STEPS,
+            time_limit=settings.RUN_TIME_LIMIT_SECONDS,
+        )
+    except Exception as exc:
+        reason = _stop_reason(exc)
+        if pacer.cancelled.is_set():
+            status = AgentRun.Status.CANCELLED
+        elif reason:
+            status, error = AgentRun.Status.FAILED, reason
+            stop_reason.append(reason)
+        elif isinstance(exc, LLMError):
+            status, error = AgentRun.Status.FAILED, exc.message
+        else:
+            logger.exception("crew of run %s failed", run.pk)
+            status, error = AgentRun.Status.FAILED, "The crew failed because of an internal error."
+    finally:
+        pacer.stop()
+    if result is not None:
+        _answer_settle(stream, result.answer)
+    sources = list(tool_context.sources.values())
+    footer = _crew_footer(sources, artifacts)
+    if footer and stream.text.strip():
+        _append(stream, pacer, 0, footer)
+    breakdown = {"agents": ledger.breakdown(), "tools": tool_context.usage}
+    meta: dict[str, Any] = {
+        "usage": breakdown,
+        "artifacts": [{"id": a["id"], "kind": a["kind"], "title": a["title"]} for a in artifacts],
+        "sources": sources,
+    }
+    if result is not None:
+        meta["plan"] = result.plan
+    return _CrewOutcome(status=status, error=error, usage=ledger.total(), meta=meta)
+
+
+def _stop_reason(exc: BaseException) -> str | None:
+    """The reason of a CrewStopped, also when CrewAI wrapped it in its own exception."""
+    from agents.tools import CrewStopped
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, CrewStopped):
+            return current.reason
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _answer_settle(stream: _Stream, answer: str) -> None:
+    """Make the streamed text the crew's final answer. Usually the writer streamed all of it;
+    when CrewAI retried or reformatted, what was streamed is replaced (clients take the final
+    text from chatMessageCompleted)."""
+    with stream.lock:
+        streamed = stream.text
+        if not answer or answer == streamed.strip():
+            return
+        if answer.startswith(streamed):
+            stream.parts = [streamed, answer[len(streamed) :]]
+        else:
+            # A delta at offset 0 replaces what clients hold.
+            stream.parts = [answer]
+            stream.sent = 0
+        stream.written = len(stream.text)
+        if stream.batch_started is None:
+            stream.batch_started = time.monotonic()
+
+
+def _crew_footer(sources: list[dict[str, Any]], artifacts: list[dict[str, Any]]) -> str:
+    """Sources and artifacts named at the end of the answer, from what the tools really used
+    (a small model's writer may forget to cite)."""
+    lines = []
+    if sources:
+        cited = []
+        for source in sources[:10]:
+            if source["kind"] == "message":
+                cited.append(f"message {source['id']}")
+            elif source["kind"] == "file":
+                cited.append(f"file {source['name']}")
+            else:
+                cited.append(f"gateway {source['resource']}")
+        lines.append("Sources: " + "; ".join(cited))
+    if artifacts:
+        lines.append(
+            "Artifacts: " + "; ".join(f"{a['title']} ({a['kind']})" for a in artifacts[:10])
+        )
+    return ("\n\n" + "\n".join(lines)) if lines else ""
 
 
 # --- workers that vanish ---------------------------------------------------------------------
@@ -530,7 +1027,9 @@ def runs_reap_stale() -> int:
                 messaging_services.message_set_status(
                     message=run.message, status=Message.Status.QUEUED, text=""
                 )
-                transaction.on_commit(functools.partial(_enqueue, run.pk))
+                transaction.on_commit(
+                    functools.partial(_enqueue, run.pk, crew=run.mode == AgentMode.CREW)
+                )
             else:
                 _finish(
                     run=run,

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def start_worker() -> threading.Thread:
     from chatproject.celery import app
 
     worker = app.WorkController(
+        queues=["celery", settings.CREW_QUEUE],
         pool_cls="threads",
         concurrency=2,
         without_heartbeat=True,

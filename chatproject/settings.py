@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -302,6 +303,27 @@ STREAM_SAVE_MS = env_int("STREAM_SAVE_MS", 300, minimum=50)
 RUN_STALE_SECONDS = env_int("RUN_STALE_SECONDS", 5, minimum=2)
 RUN_TIME_LIMIT_SECONDS = env_int("RUN_TIME_LIMIT_SECONDS", 300, minimum=10)
 GATEWAY_URL = env_str("GATEWAY_URL")
+# The crew: at most this many run at once across the deployment (the rest wait in the queue,
+# and their messages say so); each agent takes at most CREW_MAX_STEPS reasoning steps and a run
+# at most CREW_MAX_TOOL_CALLS tool calls. Crews go to their own Celery queue so a worker
+# serving single-model replies never waits behind one.
+CREW_MAX_CONCURRENCY = env_int("CREW_MAX_CONCURRENCY", 3, minimum=1)
+CREW_MAX_STEPS = env_int("CREW_MAX_STEPS", 6, minimum=1)
+CREW_MAX_TOOL_CALLS = env_int("CREW_MAX_TOOL_CALLS", 16, minimum=1)
+CREW_QUEUE = env_str("CREW_QUEUE", "crew")
+# A plain `celery worker` consumes both queues; `-Q crew` makes a crew-only worker.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = [Queue("celery"), Queue(CREW_QUEUE)]
+
+# The cache holds short-lived secrets between the request and the worker (the asker's token
+# for the gateway tool): Redis when there is one, so every process sees it.
+CACHES: dict[str, Any] = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
 
 # --- Auth, sessions, security ----------------------------------------------------------------
 

@@ -52,6 +52,8 @@ class EventType(StrEnum):
     MESSAGE_DELETED = "chatMessageDeleted"
     MESSAGE_DELTA = "chatMessageDelta"
     MESSAGE_COMPLETED = "chatMessageCompleted"
+    AGENT_STEP = "chatAgentStep"
+    ARTIFACT_ADDED = "chatArtifactAdded"
     RESYNC = "resync"
 
 
@@ -90,6 +92,16 @@ EVENT_DOCS: dict[EventType, tuple[str, str]] = {
     EventType.MESSAGE_COMPLETED: (
         "An AI reply finished (complete, failed or cancelled): the final message and its usage.",
         '{"message": {...}, "usage": {"promptTokens", "completionTokens", "cost"}}',
+    ),
+    EventType.AGENT_STEP: (
+        "The crew writing an AI reply made progress: an agent started or finished, or used a "
+        "tool; `waiting` while the reply waits for a free crew.",
+        '{"messageId", "runId", "agent": "analyst", "step": "started|tool|finished|waiting", '
+        '"tool": "make_chart", "detail": "..."}',
+    ),
+    EventType.ARTIFACT_ADDED: (
+        "The crew saved an artifact (chart, table, summary, file) with the reply.",
+        "the artifact, as GET /api/v1/artifacts/{id}/ returns it",
     ),
     EventType.RESYNC: (
         "You asked to resume from a point older than the event log keeps: refetch the thread "

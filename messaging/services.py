@@ -145,6 +145,22 @@ def message_set_status(*, message: Message, status: str, text: str | None = None
     return message
 
 
+def message_meta_update(*, message: Message, meta: dict[str, Any]) -> Message:
+    """Merge keys into a message's meta (None removes a key) and tell the thread.
+    Call inside a transaction."""
+    merged = {**message.meta, **meta}
+    for key in [k for k, v in meta.items() if v is None]:
+        merged.pop(key, None)
+    if merged == message.meta:
+        return message
+    message.meta = merged
+    message.save(update_fields=["meta", "updated_at"])
+    events.record(
+        thread_id=message.thread_id, type=EventType.MESSAGE_UPDATED, data=message_json(message)
+    )
+    return message
+
+
 def message_complete(
     *, message: Message, text: str, status: str, meta: dict[str, Any], usage: dict[str, Any]
 ) -> Message:
@@ -152,7 +168,9 @@ def message_complete(
     Call inside a transaction."""
     message.text = text
     message.status = status
-    message.meta = {**message.meta, **meta}
+    # A key given as None is removed (e.g. the "waiting" note of a reply that got its turn).
+    merged = {**message.meta, **meta}
+    message.meta = {key: value for key, value in merged.items() if value is not None}
     message.save(update_fields=["text", "status", "meta", "updated_at"])
     Thread.objects.filter(pk=message.thread_id).update(last_activity_at=timezone.now())
     events.record(

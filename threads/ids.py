@@ -53,3 +53,7 @@ def new_model_id() -> str:
 
 def new_run_id() -> str:
     return new_id("run")
+
+
+def new_artifact_id() -> str:
+    return new_id("art")

@@ -31,6 +31,8 @@ DEFAULT_GROUP_NAME = "Chat users"
 
 class User(AbstractUser):
     id = models.CharField(primary_key=True, max_length=ID_MAX_LENGTH, default=new_user_id)
+    # The organization whose data the AI's gateway tool may fetch for this user (GATEWAY_URL).
+    organization_id = models.CharField(max_length=100, blank=True, default="")
 
     class Meta(AbstractUser.Meta):  # type: ignore[name-defined]
         swappable = "AUTH_USER_MODEL"
@@ -93,6 +95,13 @@ class Thread(models.Model):
     session_prompt = models.TextField(blank=True, default="")
     ai_reply = models.BooleanField(
         default=False, help_text="The AI answers every message posted here unless told not to."
+    )
+    agent_mode = models.CharField(
+        max_length=10,
+        blank=True,
+        default="",
+        choices=[("crew", "Crew"), ("core", "Single model"), ("auto", "Auto")],
+        help_text="How the AI answers here; empty: the model's or the deployment's setting.",
     )
     # The last message sequence number handed out; message_post increments it under a row lock,
     # which makes Message.seq gap-free at write time and monotonic forever.
