@@ -11,6 +11,7 @@ import os
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
@@ -53,7 +54,9 @@ def env_bool(name: str, default: bool = False) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
 
 
-def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+def env_int(
+    name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -63,6 +66,8 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -83,6 +88,29 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def env_url(name: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """An absolute URL with one of `schemes` and a host, or "" when unset. No credentials, query
+    or fragment: the code that uses it appends paths and parameters itself. The messages do not
+    repeat the value, which may hold a secret."""
+    raw = env_str(name).strip()
+    if not raw:
+        return ""
+    try:
+        parts = urlsplit(raw)
+        has_host = bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError as exc:  # a bad port, or a malformed IPv6 literal
+        raise ImproperlyConfigured(f"{name} is not a valid URL ({exc})") from exc
+    if parts.scheme not in schemes or not has_host:
+        raise ImproperlyConfigured(
+            f"{name} must be an absolute {' or '.join(schemes)} URL with a host"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ImproperlyConfigured(f"{name} must not carry credentials in the URL")
+    if parts.query or parts.fragment:
+        raise ImproperlyConfigured(f"{name} must not have a query string or fragment")
+    return raw.rstrip("/")
 
 
 DEBUG = env_bool("DEBUG", False)
@@ -238,24 +266,41 @@ MEDIA_URL = "/media/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_URL = "/static/"
 
+# Presigned download URLs are credentials: they live at most five minutes.
+PRESIGNED_URL_MAX_SECONDS = 300
+
 if USE_S3:
     _bucket = env_str("AWS_STORAGE_BUCKET_NAME")
     if not _bucket:
         raise ImproperlyConfigured("AWS_STORAGE_BUCKET_NAME is required when USE_S3=1")
+    _endpoint = env_url("AWS_S3_ENDPOINT_URL")
     _default_storage: dict[str, Any] = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
             "bucket_name": _bucket,
             "access_key": env_secret("AWS_ACCESS_KEY_ID") or None,
             "secret_key": env_secret("AWS_SECRET_ACCESS_KEY") or None,
-            "endpoint_url": env_str("AWS_S3_ENDPOINT_URL") or None,
+            "endpoint_url": _endpoint or None,
             "region_name": env_str("AWS_S3_REGION_NAME") or None,
-            "signature_version": "s3v4",
-            "addressing_style": "path",
+            "signature_version": env_choice("AWS_S3_SIGNATURE_VERSION", "s3v4", ("s3v4", "s3")),
+            # S3-compatible servers (R2, MinIO, Ceph) reached through an endpoint URL rarely
+            # have a wildcard DNS name per bucket; AWS itself works either way.
+            "addressing_style": env_choice(
+                "AWS_S3_ADDRESSING_STYLE",
+                "path" if _endpoint else "auto",
+                ("auto", "path", "virtual"),
+            ),
+            # Never overwrite: names are ids, and a clash is a bug, not an update.
             "file_overwrite": False,
+            # Objects are private; clients reach them only through presigned URLs.
             "default_acl": None,
             "querystring_auth": True,
-            "querystring_expire": 300,
+            "querystring_expire": env_int(
+                "AWS_QUERYSTRING_EXPIRE",
+                PRESIGNED_URL_MAX_SECONDS,
+                minimum=1,
+                maximum=PRESIGNED_URL_MAX_SECONDS,
+            ),
         },
     }
 else:
@@ -302,7 +347,13 @@ STREAM_FLUSH_MS = env_int("STREAM_FLUSH_MS", 50, minimum=0)
 STREAM_SAVE_MS = env_int("STREAM_SAVE_MS", 300, minimum=50)
 RUN_STALE_SECONDS = env_int("RUN_STALE_SECONDS", 5, minimum=2)
 RUN_TIME_LIMIT_SECONDS = env_int("RUN_TIME_LIMIT_SECONDS", 300, minimum=10)
-GATEWAY_URL = env_str("GATEWAY_URL")
+# The operator's data gateway, read by the crew's gateway tool (agents.gateway); unset: no tool.
+GATEWAY_URL = env_url("GATEWAY_URL")
+GATEWAY_TIMEOUT_SECONDS = env_int("GATEWAY_TIMEOUT_SECONDS", 10, minimum=1, maximum=300)
+GATEWAY_MAX_BYTES = env_int("GATEWAY_MAX_BYTES", 1024 * 1024, minimum=1)
+# Addresses a gateway host name may resolve to are public ones unless this is on; a URL that
+# names an IP address itself is trusted as the operator's explicit choice.
+GATEWAY_ALLOW_PRIVATE = env_bool("GATEWAY_ALLOW_PRIVATE", False)
 # The crew: at most this many run at once across the deployment (the rest wait in the queue,
 # and their messages say so); each agent takes at most CREW_MAX_STEPS reasoning steps and a run
 # at most CREW_MAX_TOOL_CALLS tool calls. Crews go to their own Celery queue so a worker

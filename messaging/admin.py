@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
+from messaging import services
 from messaging.models import File, Message
 
 
@@ -23,3 +26,10 @@ class FileAdmin(admin.ModelAdmin):
     search_fields = ("name", "id", "owner__username", "sha256")
     readonly_fields = ("id", "sha256", "size", "content_type", "created_at")
     list_select_related = ("owner",)
+
+    # Deleting a file here must remove its stored object too (after commit), not only the row.
+    def delete_model(self, request: HttpRequest, obj: File) -> None:
+        services.file_delete(files=[obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[File]) -> None:
+        services.file_delete(files=list(queryset))

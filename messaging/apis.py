@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.files.storage import FileSystemStorage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import MemoryFileUploadHandler, TemporaryFileUploadHandler
 from django.db import transaction
@@ -23,6 +22,7 @@ from chatproject.api import StrictInputSerializer, query_int, request_user
 from messaging import selectors, services
 from messaging.events import EVENT_DOCS
 from messaging.models import File, Message
+from messaging.storage import download_url
 from messaging.uploads import SizeLimitUploadHandler, too_large, upload_request_limit_bytes
 from messaging.wire import message_json
 from threads.errors import Invalid
@@ -305,21 +305,22 @@ class FileDetailApi(APIView):
 
 
 class FileContentApi(APIView):
-    @extend_schema(responses={(200, "application/octet-stream"): bytes}, summary="Download")
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): bytes,
+            302: None,
+        },
+        summary="Download (with S3 storage: a redirect to a presigned URL valid for 5 minutes)",
+    )
     def get(self, request: Request, file_id: str) -> HttpResponseBase:
         file = selectors.access_file(user=request_user(request), file_id=file_id)
-        storage = file.content.storage
-        if not isinstance(storage, FileSystemStorage):
-            # Object storage: hand the client a short-lived presigned URL instead of proxying.
-            return HttpResponseRedirect(
-                storage.url(
-                    file.content.name,
-                    parameters={
-                        "ResponseContentDisposition": f'attachment; filename="{file.pk}"',
-                        "ResponseContentType": file.content_type,
-                    },
-                )
-            )
+        url = download_url(file.content, filename=file.name, content_type=file.content_type)
+        if url is not None:
+            # Object storage: the client fetches the bytes from the bucket, not through us.
+            redirect = HttpResponseRedirect(url)
+            # The URL is a short-lived credential for this user: no cache may keep or share it.
+            redirect["Cache-Control"] = "private, no-store"
+            return redirect
         response = FileResponse(
             file.content.open("rb"),
             as_attachment=True,

@@ -15,6 +15,7 @@ from messaging import events
 from messaging.events import EventType
 from messaging.filetypes import resolve_content_type
 from messaging.models import File, Message
+from messaging.storage import objects_delete_on_commit
 from messaging.wire import message_json
 from threads import services as thread_services
 from threads.errors import Conflict, Invalid, TooLarge
@@ -226,6 +227,13 @@ def file_create(*, owner: User, name: str, claimed_type: str, stream: IO[bytes],
     return file
 
 
+def file_delete(*, files: Sequence[File]) -> None:
+    """Delete file rows (detaching them from their messages) and, after commit, their objects."""
+    with transaction.atomic():
+        File.objects.filter(pk__in=[file.pk for file in files]).delete()
+        objects_delete_on_commit((file.content.storage, file.content.name) for file in files)
+
+
 def _clean_file_name(name: str) -> str:
     # Keep the last path component, drop control characters; the name is only ever displayed.
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
@@ -341,8 +349,16 @@ def thread_delete(*, thread: Thread) -> None:
     """Delete a thread, its messages, and the files attached only to its messages.
 
     Lives here because the thread owns messages and files, which the floor layer does not know
-    about. Blobs are removed after commit, so a rollback never leaves rows pointing at deleted
-    bytes. The deletion event is not logged: the log goes with the thread.
+    about. The deletion event is not logged: the log goes with the thread.
+
+    Which files go: a file belongs to its owner, not to a thread, so only the files this deletion
+    really orphans are deleted (rows, and their stored objects after commit): those attached to
+    this thread's messages and to no message anywhere else. After the thread goes nothing
+    refers to them, no member can reach them, and no API lists or deletes files, so keeping them
+    would keep the bytes forever. Kept: a file also attached in another thread (its members
+    still read it there) and uploads attached to nothing yet (waiting for their message; this
+    deletion did not orphan them). Deleting one message keeps its files for the same reason:
+    their owner can still read them and attach them again.
     """
     with transaction.atomic():
         member_ids = list(
@@ -362,12 +378,6 @@ def thread_delete(*, thread: Thread) -> None:
             .values("file_id")
         )
         files = list(File.objects.filter(pk__in=attached_here).exclude(pk__in=attached_elsewhere))
-        blob_names = [(file.content.storage, file.content.name) for file in files]
         File.objects.filter(pk__in=[file.pk for file in files]).delete()
         thread.delete()
-
-    def remove_blobs() -> None:
-        for storage, name in blob_names:
-            storage.delete(name)
-
-    transaction.on_commit(remove_blobs)
+        objects_delete_on_commit((file.content.storage, file.content.name) for file in files)

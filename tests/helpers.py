@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import runpy
 import struct
+import tempfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+import pytest
 from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import Permission
@@ -148,3 +153,22 @@ def set_chat_perms(user: User, codenames: Iterable[str]) -> None:
     user.user_permissions.set(
         Permission.objects.filter(content_type__app_label="threads", codename__in=list(codenames))
     )
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+SETTINGS_FILE = Path(__file__).resolve().parents[1] / "chatproject" / "settings.py"
+_SETTINGS_ENV_PREFIXES = ("AWS_", "GATEWAY_", "USE_S3", "MEDIA_ROOT")
+
+
+def load_settings(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> dict[str, Any]:
+    """Run chatproject/settings.py afresh in its own namespace with `env` set (and the storage
+    and gateway variables of this process cleared); the running settings are untouched."""
+    for name in list(os.environ):
+        if name.startswith(_SETTINGS_ENV_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("VAR_DIR", tempfile.mkdtemp(prefix="threadline-settings-"))
+    monkeypatch.setenv("SECRET_KEY", "settings-test")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(SETTINGS_FILE))

@@ -241,3 +241,13 @@ def test_json_upload_keeps_its_bytes(cast: Cast) -> None:
     client = cast.client(cast.alice)
     file_id = upload(client, "rows.json", data, "application/json").json()["id"]
     assert _download(client, file_id)[1] == data
+
+
+def test_on_the_filesystem_there_is_no_download_url_and_we_stream(cast: Cast) -> None:
+    from messaging.storage import download_url
+
+    client = cast.client(cast.alice)
+    file = File.objects.get(pk=upload(client, "data.csv", CSV_BYTES, "text/csv").json()["id"])
+    assert download_url(file.content, filename=file.name, content_type=file.content_type) is None
+    response, body = _download(client, file.pk)
+    assert (response.status_code, body) == (200, CSV_BYTES)

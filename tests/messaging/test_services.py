@@ -12,7 +12,7 @@ from django.core.files.storage import default_storage
 from django.db import connection
 
 from messaging.models import File, Message
-from messaging.services import file_create, message_post, thread_delete
+from messaging.services import file_create, file_delete, message_post, thread_delete
 from tests.conftest import Cast
 from tests.factories import ThreadFactory, UserFactory
 from tests.helpers import API, CSV_BYTES, IS_POSTGRES, post
@@ -92,6 +92,49 @@ def test_deleting_a_thread_keeps_a_file_also_attached_in_another_thread(
     assert File.objects.filter(pk=shared.pk).exists()
     assert list(elsewhere.files.all()) == [shared]
     assert _blob_exists(shared)
+
+
+@pytest.mark.django_db
+def test_file_delete_removes_rows_then_objects_after_commit(
+    cast: Cast, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    first, second, kept = _file(cast.alice, "1.csv"), _file(cast.bob, "2.csv"), _file(cast.alice)
+    post(cast.thread, cast.alice, "x", file_ids=[first.pk])
+    with django_capture_on_commit_callbacks() as callbacks:
+        file_delete(files=[first, second])
+    assert list(File.objects.all()) == [kept]
+    assert _blob_exists(first) and _blob_exists(second)
+    for callback in callbacks:
+        callback()
+    assert not _blob_exists(first) and not _blob_exists(second)
+    assert _blob_exists(kept)
+    assert cast.thread.messages.get().file_ids == []
+
+
+@pytest.mark.django_db
+def test_an_object_that_cannot_be_removed_is_logged_and_the_rest_still_go(
+    cast: Cast,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stuck, gone = _file(cast.alice, "stuck.csv"), _file(cast.alice, "gone.csv")
+    post(cast.thread, cast.alice, "x", file_ids=[stuck.pk, gone.pk])
+    storage = stuck.content.storage
+    real_delete = storage.delete
+
+    def flaky_delete(name: str) -> None:
+        if name == stuck.content.name:
+            raise OSError("bucket unreachable")
+        real_delete(name)
+
+    monkeypatch.setattr(storage, "delete", flaky_delete)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = cast.client(cast.alice).delete(f"{API}/threads/{cast.thread.pk}/")
+    assert response.status_code == 204
+    assert not _blob_exists(gone)
+    assert _blob_exists(stuck)
+    assert f"could not remove stored object {stuck.content.name}" in caplog.text
 
 
 @pytest.mark.django_db

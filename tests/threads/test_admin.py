@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pytest
 from django.contrib.admin.utils import quote  # the admin escapes "_" in ids as "_5F"
+from django.core.files.storage import default_storage
 from django.test import Client
 
+from messaging.models import File
 from messaging.services import file_create
 from tests.conftest import Cast
 from tests.factories import TopicFactory
@@ -125,3 +128,33 @@ def test_non_staff_users_are_sent_to_the_login_page(cast: Cast) -> None:
     response = client.get("/admin/threads/thread/")
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
+
+
+def test_deleting_a_file_in_the_admin_removes_its_stored_object(
+    admin_client_: Client, cast: Cast, django_capture_on_commit_callbacks: Any
+) -> None:
+    file = cast.thread.messages.get().files.get()
+    name = file.content.name
+    assert default_storage.exists(name)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client_.post(
+            f"/admin/messaging/file/{quote(file.pk)}/delete/", {"post": "yes"}
+        )
+    assert response.status_code == 302
+    assert not File.objects.filter(pk=file.pk).exists()
+    assert not default_storage.exists(name)
+
+
+def test_deleting_files_with_the_admin_action_removes_their_stored_objects(
+    admin_client_: Client, cast: Cast, django_capture_on_commit_callbacks: Any
+) -> None:
+    file = cast.thread.messages.get().files.get()
+    name = file.content.name
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client_.post(
+            "/admin/messaging/file/",
+            {"action": "delete_selected", "_selected_action": [file.pk], "post": "yes"},
+        )
+    assert response.status_code == 302
+    assert not File.objects.exists()
+    assert not default_storage.exists(name)
