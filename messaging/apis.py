@@ -9,6 +9,7 @@ from django.core.files.uploadhandler import MemoryFileUploadHandler, TemporaryFi
 from django.db import transaction
 from django.http import FileResponse, HttpResponseRedirect
 from django.http.response import HttpResponseBase
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
@@ -331,6 +332,84 @@ class FileContentApi(APIView):
         response["Content-Security-Policy"] = "sandbox; default-src 'none'"
         response["X-Content-Type-Options"] = "nosniff"
         return response
+
+
+class MessageHitOutput(serializers.Serializer):
+    id = serializers.CharField()
+    threadId = serializers.CharField(source="thread_id")
+    seq = serializers.IntegerField()
+    userId = serializers.CharField(source="author_id", allow_null=True)
+    snippet = serializers.CharField(help_text="Plain text around the match, not HTML.")
+    createdAt = serializers.DateTimeField(source="created_at")
+
+
+class ThreadHitOutput(serializers.Serializer):
+    id = serializers.CharField()
+    title = serializers.CharField()
+    lastActivityAt = serializers.DateTimeField(source="last_activity_at")
+
+
+class SearchApi(APIView):
+    # Not a StrictInputSerializer: a query string also carries keys that DRF itself reads
+    # (`format`), which must not be refused as unknown.
+    class InputSerializer(serializers.Serializer):
+        q = serializers.CharField(max_length=selectors.MAX_SEARCH_QUERY_CHARS)
+        threadId = serializers.CharField(required=False, allow_blank=True)
+        limit = serializers.IntegerField(required=False)
+        before = serializers.DateTimeField(required=False)
+
+    class OutputSerializer(serializers.Serializer):
+        messages = MessageHitOutput(many=True)
+        threads = ThreadHitOutput(many=True)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "q",
+                str,
+                required=True,
+                description=f"Words to find (at most {selectors.MAX_SEARCH_QUERY_CHARS} "
+                "characters). Every word must match; punctuation only separates words.",
+            ),
+            OpenApiParameter("threadId", str, description="Search this thread only."),
+            OpenApiParameter(
+                "limit",
+                int,
+                description=f"Hits per list, clamped to 1-{selectors.MAX_SEARCH_LIMIT}, "
+                f"default {selectors.DEFAULT_SEARCH_LIMIT}.",
+            ),
+            OpenApiParameter(
+                "before",
+                OpenApiTypes.DATETIME,
+                description="ISO 8601: only messages created before this.",
+            ),
+        ],
+        responses=OutputSerializer,
+        operation_id="search",
+        summary="Search the caller's messages and thread titles",
+        description="Messages: best match first, then newest, each with a plain-text snippet. "
+        "Threads: titles containing every word, newest activity first. Needs "
+        "chat-svc:message:view and chat-svc:thread:view; looks only in threads the caller "
+        "is a member of (with `threadId`, any thread the caller may open).",
+    )
+    def get(self, request: Request) -> Response:
+        user = request_user(request)
+        # Both lists' permissions before anything else, so a caller missing either gets the
+        # 403 whatever the threadId (each selector alone would first answer 404 for a bad one).
+        require_perm(user, Perm.MESSAGE_VIEW)
+        require_perm(user, Perm.THREAD_VIEW)
+        serializer = self.InputSerializer(data=request.query_params)
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = serializer.validated_data
+        thread_id = data.get("threadId") or None
+        limit = data.get("limit", selectors.DEFAULT_SEARCH_LIMIT)
+        messages = selectors.message_search(
+            user=user, query=data["q"], thread_id=thread_id, limit=limit, before=data.get("before")
+        )
+        threads = selectors.thread_search(
+            user=user, query=data["q"], thread_id=thread_id, limit=limit
+        )
+        return Response(self.OutputSerializer({"messages": messages, "threads": threads}).data)
 
 
 class EventTypesApi(APIView):

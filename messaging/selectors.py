@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from django.db import connections
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from messaging.livetext import live_texts
 from messaging.models import File, Message
@@ -19,6 +23,7 @@ from threads.selectors import access_thread, is_thread_owner
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser
+    from django.db.models.query import RawQuerySet
 
 MESSAGE_NOT_FOUND = "Message not found."
 FILE_NOT_FOUND = "File not found."
@@ -181,3 +186,240 @@ def access_file(*, user: User | AnonymousUser, file_id: str) -> File:
     if file is None:
         raise NotFound(FILE_NOT_FOUND)
     return file
+
+
+# --- search ----------------------------------------------------------------------------------
+
+MAX_SEARCH_QUERY_CHARS = 200
+DEFAULT_SEARCH_LIMIT = 20
+MAX_SEARCH_LIMIT = 50
+SNIPPET_CHARS = 160
+
+# A search word is a run of letters and digits, which both engines' tokenizers (SQLite FTS5's
+# unicode61, PostgreSQL's parser) also treat as word characters. Everything else only separates
+# words, so no character the user types reaches FTS5 or tsquery syntax as an operator.
+_WORD = re.compile(r"[^\W_]+")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHit:
+    """A message that matched a search: where it is and a plain-text excerpt around the match."""
+
+    id: str
+    thread_id: str
+    seq: int
+    author_id: str | None
+    snippet: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadHit:
+    id: str
+    title: str
+    last_activity_at: datetime
+
+
+def search_terms(query: str) -> list[str]:
+    """The words of a search query, lowercased, each once, in order.
+
+    Raises Invalid for a query too long or without a single word (only punctuation, blank).
+    """
+    if len(query) > MAX_SEARCH_QUERY_CHARS:
+        raise Invalid(
+            f"The search query is longer than {MAX_SEARCH_QUERY_CHARS} characters.",
+            fields={"q": [f"At most {MAX_SEARCH_QUERY_CHARS} characters."]},
+        )
+    terms = list(dict.fromkeys(word.lower() for word in _WORD.findall(query)))
+    if not terms:
+        raise Invalid("Search for at least one word.", fields={"q": ["No words to search for."]})
+    return terms
+
+
+def _searchable_threads(*, user: User, perm: Perm, thread_id: str | None) -> QuerySet[Any]:
+    """The ids of the threads a search may look in, as a subquery.
+
+    One thread: exactly what access_thread allows, with its one 404 (an admin may search any
+    thread they may open). Everywhere: the threads the user is a member of, as thread_list
+    decides, admins included: an admin's search, like an admin's thread list, covers their own
+    threads, not every thread on the server.
+    """
+    if thread_id is not None:
+        thread = access_thread(user=user, thread_id=thread_id, perm=perm)
+        return Thread.objects.filter(pk=thread.pk).values("pk")
+    require_perm(user, perm)
+    return ThreadMembership.objects.filter(user=user).values("thread_id")
+
+
+def _clamp_limit(limit: int) -> int:
+    return max(1, min(limit, MAX_SEARCH_LIMIT))
+
+
+def message_search(
+    *,
+    user: User,
+    query: str,
+    thread_id: str | None = None,
+    limit: int = DEFAULT_SEARCH_LIMIT,
+    before: datetime | None = None,
+) -> list[MessageHit]:
+    """Messages matching every word of `query`, best match first, then newest.
+
+    Looks only in threads where `user` holds chat-svc:message:view and is a member (see
+    _searchable_threads); `thread_id` narrows the search to one thread, raising access_thread's
+    Forbidden / NotFound. `before` keeps only messages created before that instant. `limit` is
+    clamped to 1..MAX_SEARCH_LIMIT. Deleted messages are gone from the table, so never found.
+    Raises Invalid for a query without words or over MAX_SEARCH_QUERY_CHARS.
+    """
+    threads = _searchable_threads(user=user, perm=Perm.MESSAGE_VIEW, thread_id=thread_id)
+    terms = search_terms(query)
+    if before is not None and timezone.is_naive(before):
+        before = before.replace(tzinfo=UTC)  # stored times are UTC; so is a naive bound
+    alias = Message.objects.db
+    vendor = connections[alias].vendor
+    limit = _clamp_limit(limit)
+    if vendor in _FULL_TEXT:
+        rows: Sequence[Message] = list(
+            _FULL_TEXT[vendor](
+                alias=alias, terms=terms, threads=threads, before=before, limit=limit
+            )
+        )
+    else:
+        rows = _like_search(terms=terms, threads=threads, before=before, limit=limit)
+    return [
+        MessageHit(
+            id=row.id,
+            thread_id=row.thread_id,
+            seq=row.seq,
+            author_id=row.author_id,
+            snippet=search_snippet(row.text, terms),
+            created_at=row.created_at,
+        )
+        for row in rows
+    ]
+
+
+# Both engines read the same columns; RawQuerySet turns them into (deferred) Message instances
+# with Django's own conversions (times come back aware on SQLite too).
+_HIT_COLUMNS = "m.id, m.thread_id, m.seq, m.author_id, m.text, m.created_at"
+
+
+def _raw_filters(
+    *, alias: str, threads: QuerySet[Any], before: datetime | None
+) -> tuple[str, list[Any]]:
+    """The visibility (and time) conditions on `m`, as SQL built by Django from the querysets."""
+    thread_sql, thread_params = threads.query.get_compiler(using=alias).as_sql()
+    sql = f" AND m.thread_id IN ({thread_sql})"
+    params = list(thread_params)
+    if before is not None:
+        sql += " AND m.created_at < %s"
+        params.append(connections[alias].ops.adapt_datetimefield_value(before))
+    return sql, params
+
+
+def _sqlite_search(
+    *, alias: str, terms: list[str], threads: QuerySet[Any], before: datetime | None, limit: int
+) -> RawQuerySet[Message]:
+    # Each word becomes an FTS5 string: inside double quotes nothing is an operator (AND, OR,
+    # NOT, NEAR, *, ^, column:), and strings side by side must all match.
+    match = " ".join('"' + term.replace('"', '""') + '"' for term in terms)
+    filters, params = _raw_filters(alias=alias, threads=threads, before=before)
+    # Only Django-built SQL is interpolated; the user's words travel as parameters.
+    sql = (
+        f"SELECT {_HIT_COLUMNS} FROM messaging_message_fts "  # noqa: S608
+        "JOIN messaging_message AS m ON m.rowid = messaging_message_fts.rowid "
+        f"WHERE messaging_message_fts MATCH %s{filters} "
+        # bm25() is lower for better matches.
+        "ORDER BY bm25(messaging_message_fts), m.created_at DESC, m.id DESC LIMIT %s"
+    )
+    return Message.objects.using(alias).raw(sql, [match, *params, limit])
+
+
+# Exactly the indexed expression (migration 0003): any other spelling bypasses the GIN index.
+_PG_VECTOR = "to_tsvector('simple'::regconfig, m.text)"
+_PG_QUERY = "websearch_to_tsquery('simple'::regconfig, %s)"
+
+
+def _postgresql_search(
+    *, alias: str, terms: list[str], threads: QuerySet[Any], before: datetime | None, limit: int
+) -> RawQuerySet[Message]:
+    # websearch_to_tsquery never raises on odd input; quoting each word also keeps `or` and a
+    # leading `-` literal words, so a query means the same (all words) as on SQLite.
+    words = " ".join(f'"{term}"' for term in terms)
+    filters, params = _raw_filters(alias=alias, threads=threads, before=before)
+    sql = (
+        f"SELECT {_HIT_COLUMNS} FROM messaging_message AS m "  # noqa: S608
+        f"WHERE {_PG_VECTOR} @@ {_PG_QUERY}{filters} "
+        f"ORDER BY ts_rank({_PG_VECTOR}, {_PG_QUERY}) DESC, m.created_at DESC, m.id DESC "
+        "LIMIT %s"
+    )
+    return Message.objects.using(alias).raw(sql, [words, *params, words, limit])
+
+
+_FULL_TEXT = {"sqlite": _sqlite_search, "postgresql": _postgresql_search}
+
+
+def _like_search(
+    *, terms: list[str], threads: QuerySet[Any], before: datetime | None, limit: int
+) -> list[Message]:
+    """Databases without a full-text index (migration 0003 does nothing there): a slow scan,
+    substring matches, newest first."""
+    queryset = Message.objects.filter(thread_id__in=threads)
+    if before is not None:
+        queryset = queryset.filter(created_at__lt=before)
+    for term in terms:
+        queryset = queryset.filter(text__icontains=term)
+    return list(
+        queryset.only("id", "thread_id", "seq", "author_id", "text", "created_at").order_by(
+            "-created_at", "-id"
+        )[:limit]
+    )
+
+
+def search_snippet(text: str, terms: Sequence[str]) -> str:
+    """About SNIPPET_CHARS of `text` around the first matching word, on one line, cut at spaces,
+    with "…" where it was cut. Plain text, no markup: clients escape it as they escape any
+    message text."""
+    flat = " ".join(text.split())
+    if len(flat) <= SNIPPET_CHARS:
+        return flat
+    pattern = re.compile(
+        r"(?<![^\W_])(?:" + "|".join(re.escape(term) for term in terms) + r")(?![^\W_])",
+        re.IGNORECASE,
+    )
+    found = pattern.search(flat)
+    at, after = (found.start(), found.end()) if found else (0, 0)
+    # The match a third of the way in: some words before it, more after.
+    start = max(0, at - SNIPPET_CHARS // 3)
+    end = min(len(flat), start + SNIPPET_CHARS)
+    start = max(0, end - SNIPPET_CHARS)
+    # Cut between words, never through the match.
+    if start > 0 and flat[start - 1] != " ":
+        space = flat.find(" ", start, at)
+        start = space + 1 if space != -1 else start
+    if end < len(flat) and flat[end] != " ":
+        space = flat.rfind(" ", after, end)
+        end = space if space != -1 else end
+    return ("…" if start > 0 else "") + flat[start:end] + ("…" if end < len(flat) else "")
+
+
+def thread_search(
+    *,
+    user: User,
+    query: str,
+    thread_id: str | None = None,
+    limit: int = DEFAULT_SEARCH_LIMIT,
+) -> list[ThreadHit]:
+    """The user's threads (as thread_list shows them, chat-svc:thread:view) whose title contains
+    every word of `query`, newest activity first. `thread_id` narrows to that one thread, with
+    access_thread's errors; `limit` is clamped to 1..MAX_SEARCH_LIMIT."""
+    threads = _searchable_threads(user=user, perm=Perm.THREAD_VIEW, thread_id=thread_id)
+    terms = search_terms(query)
+    queryset = Thread.objects.filter(pk__in=threads)
+    for term in terms:
+        # Titles are short and few per user: a substring scan needs no index.
+        queryset = queryset.filter(title__icontains=term)
+    rows = queryset.order_by("-last_activity_at", "-id").values_list(
+        "id", "title", "last_activity_at"
+    )
+    return [ThreadHit(*row) for row in rows[: _clamp_limit(limit)]]

@@ -19,6 +19,7 @@ urlpatterns = [
         apis.MessageRegenerateApi.as_view(),
         name="message-regenerate",
     ),
+    path("search/", apis.SearchApi.as_view(), name="search"),
     path("files/", apis.FileUploadApi.as_view(), name="file-upload"),
     path("files/<str:file_id>/", apis.FileDetailApi.as_view(), name="file-detail"),
     path("files/<str:file_id>/content/", apis.FileContentApi.as_view(), name="file-content"),
