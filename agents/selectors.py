@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet, Sum
 
-from agents.models import Account, AgentRun, AIModel
+from agents.models import Account, AgentRun, AIModel, LegacyModelNumber
 from threads.errors import Forbidden, NotFound
 from threads.models import User
 
@@ -42,6 +42,24 @@ def model_for_request(*, user: User, model_ref: str | None) -> AIModel:
     if not models_for_user(user=user).filter(pk=model.pk).exists():
         raise Forbidden(f"You may not use the model {model.name!r}.")
     return model
+
+
+def model_for_legacy_request(
+    *, user: User, model_number: int | None = None, model_name: str | None = None
+) -> AIModel:
+    """The model an AI-at-Work client asks for: by its integer model_id through the admin's
+    LegacyModelNumber table, or by name (a catalog model's name or id, else an AI-at-Work name
+    from the same table), or the default. Access is checked as for any request."""
+    if model_number is not None:
+        row = LegacyModelNumber.objects.filter(number=model_number).first()
+        if row is None or row.model_id is None:
+            raise NotFound(f"model_id {model_number} is not mapped to a model.")
+        return model_for_request(user=user, model_ref=row.model_id)
+    if model_name and not AIModel.objects.filter(Q(pk=model_name) | Q(name=model_name)).exists():
+        row = LegacyModelNumber.objects.filter(legacy_name=model_name).first()
+        if row is not None and row.model_id is not None:
+            return model_for_request(user=user, model_ref=row.model_id)
+    return model_for_request(user=user, model_ref=model_name or None)
 
 
 def balance_of(*, user: User) -> Decimal | None:

@@ -25,7 +25,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents import context, housekeeping
-from agents.llm import Completion, LLMError, get_provider
+from agents.llm import Completion, LLMError, get_provider, open_stream
 from agents.models import Account, AgentRun, AIModel, LedgerEntry
 from messaging import events
 from messaging import services as messaging_services
@@ -100,7 +100,10 @@ def reply_cost(*, model: AIModel, prompt_tokens: int, completion_tokens: int) ->
 
 
 def most_a_reply_can_cost(model: AIModel) -> Decimal:
-    """The reservation: a full context window in, the output limit out."""
+    """The reservation: the model's own `reserve_per_reply` if set (agents that price their own
+    work), else a full context window in and the output limit out."""
+    if model.reserve_per_reply is not None:
+        return model.reserve_per_reply
     return reply_cost(
         model=model,
         prompt_tokens=max(model.context_window - model.max_output_tokens, 0),
@@ -294,10 +297,12 @@ def run_execute(*, run_id: str) -> None:
                 messages = context.build(run=run, count_tokens=provider.count_tokens)
                 cancelled = _pump(
                     stream,
-                    provider.stream(
+                    open_stream(
+                        provider,
                         messages=messages,
                         max_tokens=run.model.max_output_tokens,
                         completion=completion,
+                        turn=functools.partial(context.turn, run=run, messages=messages),
                     ),
                     started,
                 )
@@ -326,7 +331,13 @@ def run_execute(*, run_id: str) -> None:
             return  # the reaper or a stop already ended it
         locked.prompt_tokens = completion.usage.prompt_tokens
         locked.completion_tokens = completion.usage.completion_tokens
-        _finish(run=locked, text=stream.text, status=status, error=error)
+        _finish(
+            run=locked,
+            text=stream.text,
+            status=status,
+            error=error,
+            reported_cost=completion.cost,
+        )
     if status == AgentRun.Status.COMPLETE:
         _upkeep(locked, provider)
 
@@ -465,13 +476,38 @@ def _save_progress(stream: _Stream) -> bool:
     )
 
 
-def _finish(*, run: AgentRun, text: str, status: str, error: str = "") -> None:
-    """End a run in the caller's transaction: message, usage, money, event."""
+def _finish(
+    *,
+    run: AgentRun,
+    text: str,
+    status: str,
+    error: str = "",
+    reported_cost: Decimal | None = None,
+) -> None:
+    """End a run in the caller's transaction: message, usage, money, event.
+
+    `reported_cost` is what a provider that prices its own work (an external agent) said the
+    reply cost; it replaces the token price. Either way the charge goes through `_settle`, so
+    the reservation caps it: an agent that reports more than was held is charged what was held,
+    and the message's usage shows both (`cost` charged, `reportedCost` claimed)."""
     now = timezone.now()
-    cost = reply_cost(
-        model=run.model, prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens
-    )
+    if reported_cost is not None:
+        cost = reported_cost
+    else:
+        cost = reply_cost(
+            model=run.model,
+            prompt_tokens=run.prompt_tokens,
+            completion_tokens=run.completion_tokens,
+        )
     run.cost = _settle(run=run, cost=cost)
+    if cost > run.cost:
+        logger.warning(
+            "run %s: cost %s is above the reservation %s; charged %s",
+            run.pk,
+            cost,
+            run.reserved,
+            run.cost,
+        )
     run.status = status
     run.error = error
     run.finished_at = now
@@ -490,6 +526,8 @@ def _finish(*, run: AgentRun, text: str, status: str, error: str = "") -> None:
         "completionTokens": run.completion_tokens,
         "cost": str(run.cost),
     }
+    if cost > run.cost:
+        usage["reportedCost"] = str(cost)
     meta: dict[str, Any] = {"usage": usage}
     if error:
         meta["error"] = error
