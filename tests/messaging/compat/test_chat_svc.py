@@ -35,7 +35,7 @@ def assert_error(response: Any, status: int, text: str | None = None) -> None:
         assert body["error"] == text
 
 
-# --- threads -------------------------------------------------------------------------------------
+# --- threads --------------------------------------------------------------------------------------
 
 
 def test_save_thread_creates_a_thread_in_chat_svc_shape(cast: Cast) -> None:
@@ -143,7 +143,7 @@ def test_delete_thread_is_for_its_owner(cast: Cast) -> None:
     assert_error(svc(cast, cast.alice, "delete", f"thread/{cast.thread.pk}"), 404)
 
 
-# --- messages ------------------------------------------------------------------------------------
+# --- messages -------------------------------------------------------------------------------------
 
 
 def test_save_message_posts_and_list_messages_reads_oldest_first(cast: Cast) -> None:
@@ -258,7 +258,7 @@ def test_delete_message_really_deletes_it_by_id(cast: Cast) -> None:
     assert not Message.objects.filter(pk__in=[alices.pk, bobs.pk]).exists()
 
 
-# --- authentication and permissions --------------------------------------------------------------
+# --- authentication and permissions ---------------------------------------------------------------
 
 ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("post", "thread", {"id": "{thread}", "title": "mine now"}),
@@ -350,7 +350,7 @@ def test_the_chat_svc_permissions_are_enforced(cast: Cast) -> None:
     assert [t["id"] for t in readable.json()["threads"]] == [cast.thread.pk]
 
 
-# --- AI messages, events and a native client in the same thread ----------------------------------
+# --- AI messages, events and a native client in the same thread -----------------------------------
 
 
 @pytest.mark.django_db(transaction=True)
