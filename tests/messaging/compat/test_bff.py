@@ -79,6 +79,8 @@ ROUTES = [
 ]
 
 
+# Real commits: POST /messages is an async view whose database work runs on other threads.
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES)
 def test_every_route_as_charlie_is_the_missing_thread_404(
     cast: Cast, method: str, path: str, body: dict[str, Any] | None
