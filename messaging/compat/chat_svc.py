@@ -442,13 +442,15 @@ async def events(request: HttpRequest) -> HttpResponseBase:
                     continue
                 event = json.loads(text)
                 thread_id = str(event.get("threadId"))
-                name = EVENT_NAMES.get(event.get("type", ""))
-                if name is not None:
-                    yield _sse(name, thread_id)
                 if event.get("type") == EventType.THREAD_ADDED and (
                     thread_id not in subscription.threads
                 ):
+                    # Followed before the client hears of it: whatever it does on hearing
+                    # (post, fetch) is already covered.
                     await _follow_new(subscription, thread_id, event.get("seq"))
+                name = EVENT_NAMES.get(event.get("type", ""))
+                if name is not None:
+                    yield _sse(name, thread_id)
         finally:
             await subscription.close()
 
@@ -463,9 +465,14 @@ async def _follow_new(subscription: Subscription, thread_id: str, seq: Any) -> N
     committed since is missed)."""
     try:
         await subscription.subscribe(thread_id, seq if isinstance(seq, int) else None)
-    except ApplicationError as exc:
+    except ApplicationError as exc:  # e.g. removed again already, or at the thread limit
         logger.info(
             "Chat Svc stream of %s cannot follow %s: %s", subscription.user.pk, thread_id, exc
+        )
+    except Exception:
+        # The stream carries on with the threads it has; the client still heard of this one.
+        logger.exception(
+            "Chat Svc stream of %s: following %s failed", subscription.user.pk, thread_id
         )
 
 
