@@ -391,6 +391,7 @@ class UploadApi(APIView):
     names in `file_name` to attach it to its message (the model then reads it)."""
 
     parser_classes = [MultiPartParser]
+    schema = None  # AI-at-Work's protocol, documented in docs/compat.md
 
     def get_exception_handler(self) -> Any:
         return upload_exception_handler

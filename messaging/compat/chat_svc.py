@@ -110,6 +110,9 @@ class ChatSvcApi(APIView):
     authentication_classes = [BearerTokenAuthentication]
     permission_classes = [IsAuthenticated]
     parser_classes = [JSONParser]
+    # Another service's protocol, documented in docs/compat.md; the OpenAPI document is the
+    # native API's.
+    schema = None
 
     def get_exception_handler(self) -> Any:
         return chat_svc_exception_handler
