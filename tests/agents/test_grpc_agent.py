@@ -260,3 +260,27 @@ async def test_an_ai_at_work_client_reaches_the_agent_by_model_id(
     assert answer["type"] == 3
     assert answer["data"]["message"] == "Agent says hi."
     assert [r.chat_message for r in agent.requests] == ["hi"]
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("127.0.0.1:50051", True), ("unix:/run/agent.sock", True), ("agent", False), ("a b:1", False)],
+)
+def test_a_bad_agent_target_stops_start_up_naming_the_variable(value: str, ok: bool) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AGENT_GRPC_TARGET": value, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import chatproject.settings"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+    assert (result.returncode == 0) == ok, result.stderr[-500:]
+    if not ok:
+        assert "AGENT_GRPC_TARGET must be host:port" in result.stderr
