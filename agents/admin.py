@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.http import HttpRequest
 
 from agents import services
-from agents.models import Account, AgentRun, AIModel, LedgerEntry, ModelGrant
+from agents.models import Account, AgentRun, AIModel, LedgerEntry, LegacyModelNumber, ModelGrant
 
 
 class GrantInline(admin.TabularInline):
@@ -24,6 +24,7 @@ class AIModelAdmin(admin.ModelAdmin):
         "provider_model",
         "price_input_per_1k",
         "price_output_per_1k",
+        "reserve_per_reply",
         "is_active",
         "is_default",
         "available_to_all",
@@ -31,6 +32,17 @@ class AIModelAdmin(admin.ModelAdmin):
     list_filter = ("provider", "is_active", "available_to_all")
     search_fields = ("name", "provider_model", "id")
     inlines = (GrantInline,)
+
+
+@admin.register(LegacyModelNumber)
+class LegacyModelNumberAdmin(admin.ModelAdmin):
+    """AI-at-Work clients send an integer model_id; this table says which model answers."""
+
+    list_display = ("number", "legacy_name", "model")
+    list_editable = ("model",)
+    list_select_related = ("model",)
+    search_fields = ("legacy_name", "model__name")
+    autocomplete_fields = ("model",)
 
 
 class LedgerInline(admin.TabularInline):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.http import FileResponse, HttpResponseBase, HttpResponseRedirect
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -9,8 +10,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.models import ThreadSummary
-from agents.selectors import models_for_user
+from agents.selectors import access_artifact, artifact_list, models_for_user
+from agents.wire import artifact_json
 from chatproject.api import request_user
+from messaging.storage import download_url
 from threads.permissions import Perm
 from threads.selectors import access_thread
 from threads.wire import iso
@@ -60,3 +63,82 @@ class ThreadSummaryApi(APIView):
                 "updatedAt": iso(summary.updated_at) if summary else None,
             }
         )
+
+
+class ArtifactOutput(serializers.Serializer):
+    id = serializers.CharField()
+    threadId = serializers.CharField()
+    messageId = serializers.CharField(allow_null=True)
+    runId = serializers.CharField(allow_null=True)
+    kind = serializers.ChoiceField(choices=["chart", "table", "summary", "file"])
+    title = serializers.CharField()
+    contentType = serializers.CharField()
+    size = serializers.IntegerField()
+    data = serializers.JSONField(  # type: ignore[assignment]
+        help_text="A chart's data rows, a table's Markdown, the agent."
+    )
+    contentUrl = serializers.CharField()
+    createdAt = serializers.DateTimeField()
+
+
+class ThreadArtifactsApi(APIView):
+    @extend_schema(
+        responses=ArtifactOutput(many=True),
+        summary="The charts, tables and summaries the AI made in a thread, oldest first",
+    )
+    def get(self, request: Request, thread_id: str) -> Response:
+        artifacts = artifact_list(user=request_user(request), thread_id=thread_id)
+        return Response({"artifacts": [artifact_json(a) for a in artifacts[:500]]})
+
+
+class ArtifactDetailApi(APIView):
+    @extend_schema(responses=ArtifactOutput, summary="One artifact")
+    def get(self, request: Request, artifact_id: str) -> Response:
+        artifact = access_artifact(user=request_user(request), artifact_id=artifact_id)
+        return Response(artifact_json(artifact))
+
+
+# Shown in the browser (an <img>, a table view): images that cannot carry script. Everything
+# else (SVG, HTML, CSV, Markdown...) is an attachment.
+_INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+
+
+class ArtifactContentApi(APIView):
+    @extend_schema(
+        responses={(200, "application/octet-stream"): bytes, 302: None},
+        summary="An artifact's bytes (with S3 storage: a redirect to a presigned URL valid "
+        "for 5 minutes)",
+    )
+    def get(self, request: Request, artifact_id: str) -> HttpResponseBase:
+        artifact = access_artifact(user=request_user(request), artifact_id=artifact_id)
+        filename = _artifact_filename(artifact.title, artifact.content_type)
+        url = download_url(artifact.content, filename=filename, content_type=artifact.content_type)
+        if url is not None:
+            redirect = HttpResponseRedirect(url)
+            redirect["Cache-Control"] = "private, no-store"
+            return redirect
+        response = FileResponse(
+            artifact.content.open("rb"),
+            as_attachment=artifact.content_type not in _INLINE_TYPES,
+            filename=filename,
+            content_type=artifact.content_type,
+        )
+        # A model wrote this: it never runs as a page of our origin, whatever its type.
+        response["Content-Security-Policy"] = "sandbox; default-src 'none'"
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
+_EXTENSIONS = {
+    "image/png": ".png",
+    "text/csv": ".csv",
+    "text/markdown": ".md",
+    "application/json": ".json",
+    "image/svg+xml": ".svg",
+    "text/html": ".html",
+}
+
+
+def _artifact_filename(title: str, content_type: str) -> str:
+    stem = "".join(c if c.isalnum() or c in " -_" else "_" for c in title).strip()[:80]
+    return (stem or "artifact") + _EXTENSIONS.get(content_type, "")

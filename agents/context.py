@@ -8,11 +8,12 @@ import io
 import json
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 
 from django.conf import settings
 
-from agents.llm import ChatMessages
-from agents.models import AgentRun, ThreadSummary
+from agents.llm import ChatMessages, Turn
+from agents.models import Account, AgentRun, ThreadSummary
 from messaging.models import File, Message
 
 logger = logging.getLogger(__name__)
@@ -94,3 +95,35 @@ def build(*, run: AgentRun, count_tokens: Callable[[str], int]) -> ChatMessages:
         overflow = sum(count_tokens(m["content"]) + 4 for m in messages) - budget
         messages[0]["content"] = messages[0]["content"][: max(200, len(system) - overflow * 4)]
     return messages
+
+
+def turn(*, run: AgentRun, messages: ChatMessages) -> Turn:
+    """The turn as an external agent is told it (the grpc_agent contract): the question, and the
+    history `build` chose for the model (so both see the same trimmed window), without the
+    system text and the question, which travel in their own fields."""
+    thread = run.thread
+    question = run.request_message
+    history = [dict(m) for m in messages[1:]]
+    if question is not None and history and history[-1] == _as_chat(question):
+        history.pop()
+    summary = ThreadSummary.objects.filter(thread=thread).values_list("text", flat=True).first()
+    balance = Account.objects.filter(user_id=run.requested_by_id).values_list(
+        "balance", flat=True
+    ).first() or Decimal(0)
+    # "provider/model" in provider_model names both (e.g. "ollama/llama3.1:8b").
+    provider, slash, name = run.model.provider_model.partition("/")
+    if not slash:
+        provider, name = "", run.model.provider_model
+    return Turn(
+        user_id=run.requested_by_id or "",
+        session_id=thread.pk,
+        chat_message=question.text if question is not None else "",
+        model_name=name or run.model.name,
+        model_provider=provider,
+        session_prompt=thread.session_prompt,
+        file_names=[file.name for file in question.files.all()] if question is not None else [],
+        chat_summary=summary or "",
+        chat_history=history,
+        # Before this reply's hold: the reservation is ours, not money already spent.
+        balance=balance + run.reserved,
+    )

@@ -27,6 +27,7 @@ class AIModel(models.Model):
     class Provider(models.TextChoices):
         LOCAL = "local", "Bundled model (llama-cpp-python, in the worker)"
         OPENAI = "openai", "OpenAI-compatible server"
+        GRPC_AGENT = "grpc_agent", "External agent over gRPC (AGENT_GRPC_TARGET)"
 
     id = models.CharField(primary_key=True, max_length=ID_MAX_LENGTH, default=new_model_id)
     name = models.CharField(max_length=100, unique=True, help_text="What users pick.")
@@ -49,6 +50,15 @@ class AIModel(models.Model):
         choices=AgentMode.choices,
         help_text="Empty: the deployment's AGENT_MODE.",
     )
+    reserve_per_reply = models.DecimalField(
+        null=True,
+        blank=True,
+        max_digits=16,
+        decimal_places=6,
+        help_text="The most one reply may cost: held before it starts and never exceeded. "
+        "Empty: a full context window and the output limit at the token prices. Set it for "
+        "an external agent (grpc_agent), which reports its own cost.",
+    )
     is_active = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False, help_text="Used when a request names none.")
     available_to_all = models.BooleanField(
@@ -62,6 +72,32 @@ class AIModel(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class LegacyModelNumber(models.Model):
+    """AI-at-Work's integer `model_id` (0 gpt-3.5-turbo-0125 ... 8 llama3.1:8b) and the catalog
+    model it means here. Its clients send the number; the operator decides what answers."""
+
+    number = models.PositiveSmallIntegerField(unique=True)
+    legacy_name = models.CharField(
+        max_length=100,
+        help_text="The name AI-at-Work gave the number; also accepted as model_name.",
+    )
+    model = models.ForeignKey(
+        AIModel,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="legacy_numbers",
+        help_text="The catalog model that answers for this number; empty: the number is refused.",
+    )
+
+    class Meta:
+        ordering = ["number"]
+        verbose_name = "AI-at-Work model number"
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.legacy_name} → {self.model or '(unmapped)'}"
 
 
 class ModelGrant(models.Model):

@@ -28,13 +28,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from agents import context, housekeeping
-from agents.llm import Completion, LLMError, Usage, get_provider
+from agents.llm import Completion, LLMError, Usage, get_provider, open_stream
 from agents.models import Account, AgentMode, AgentRun, AIModel, Artifact, CrewSlot, LedgerEntry
 from messaging import events
 from messaging import services as messaging_services
 from messaging.events import EventType
 from messaging.livetext import live_text_drop, live_text_set
 from messaging.models import Message
+from messaging.storage import objects_delete_on_commit
 from threads.errors import Conflict, Forbidden, NotFound
 from threads.models import Thread, User
 from threads.selectors import is_thread_owner
@@ -103,7 +104,10 @@ def reply_cost(*, model: AIModel, prompt_tokens: int, completion_tokens: int) ->
 
 
 def most_a_reply_can_cost(model: AIModel) -> Decimal:
-    """The reservation: a full context window in, the output limit out."""
+    """The reservation: the model's own `reserve_per_reply` if set (agents that price their own
+    work), else a full context window in and the output limit out."""
+    if model.reserve_per_reply is not None:
+        return model.reserve_per_reply
     return reply_cost(
         model=model,
         prompt_tokens=max(model.context_window - model.max_output_tokens, 0),
@@ -365,10 +369,12 @@ def run_execute(*, run_id: str) -> None:
                 messages = context.build(run=run, count_tokens=provider.count_tokens)
                 cancelled = _pump(
                     stream,
-                    provider.stream(
+                    open_stream(
+                        provider,
                         messages=messages,
                         max_tokens=run.model.max_output_tokens,
                         completion=completion,
+                        turn=functools.partial(context.turn, run=run, messages=messages),
                     ),
                     started,
                 )
@@ -395,6 +401,7 @@ def run_execute(*, run_id: str) -> None:
         usage=completion.usage,
         meta={},
         provider=provider,
+        reported_cost=completion.cost,
     )
 
 
@@ -407,6 +414,7 @@ def _run_close(
     usage: Usage,
     meta: dict[str, Any],
     provider: Any,
+    reported_cost: Decimal | None = None,
 ) -> None:
     with transaction.atomic():
         locked = (
@@ -418,7 +426,14 @@ def _run_close(
             return  # the reaper or a stop already ended it
         locked.prompt_tokens = usage.prompt_tokens
         locked.completion_tokens = usage.completion_tokens
-        _finish(run=locked, text=stream.text, status=status, error=error, meta=meta)
+        _finish(
+            run=locked,
+            text=stream.text,
+            status=status,
+            error=error,
+            meta=meta,
+            reported_cost=reported_cost,
+        )
     if status == AgentRun.Status.COMPLETE:
         _upkeep(locked, provider)
 
@@ -563,16 +578,40 @@ def _save_progress(stream: _Stream) -> bool:
 
 
 def _finish(
-    *, run: AgentRun, text: str, status: str, error: str = "", meta: dict[str, Any] | None = None
+    *,
+    run: AgentRun,
+    text: str,
+    status: str,
+    error: str = "",
+    meta: dict[str, Any] | None = None,
+    reported_cost: Decimal | None = None,
 ) -> None:
     """End a run in the caller's transaction: message, usage, money, event; a crew's slot is
-    given back. `meta` adds to the message's meta (a crew's usage per agent, artifacts...)."""
+    given back. `meta` adds to the message's meta (a crew's usage per agent, artifacts...).
+
+    `reported_cost` is what a provider that prices its own work (an external agent) said the
+    reply cost; it replaces the token price. Either way the charge goes through `_settle`, so
+    the reservation caps it: an agent that reports more than was held is charged what was held,
+    and the message's usage shows both (`cost` charged, `reportedCost` claimed)."""
     extra = dict(meta or {})
     now = timezone.now()
-    cost = reply_cost(
-        model=run.model, prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens
-    )
+    if reported_cost is not None:
+        cost = reported_cost
+    else:
+        cost = reply_cost(
+            model=run.model,
+            prompt_tokens=run.prompt_tokens,
+            completion_tokens=run.completion_tokens,
+        )
     run.cost = _settle(run=run, cost=cost)
+    if cost > run.cost:
+        logger.warning(
+            "run %s: cost %s is above the reservation %s; charged %s",
+            run.pk,
+            cost,
+            run.reserved,
+            run.cost,
+        )
     run.status = status
     run.error = error
     run.finished_at = now
@@ -599,11 +638,17 @@ def _finish(
     }
     if breakdown:
         usage.update(breakdown)
-    meta: dict[str, Any] = {"usage": usage, "waiting": None, **extra}
+    if cost > run.cost:
+        usage["reportedCost"] = str(cost)
+    message_meta: dict[str, Any] = {"usage": usage, "waiting": None, **extra}
     if error:
-        meta["error"] = error
+        message_meta["error"] = error
     messaging_services.message_complete(
-        message=run.message, text=text, status=_MESSAGE_STATUS[status], meta=meta, usage=usage
+        message=run.message,
+        text=text,
+        status=_MESSAGE_STATUS[status],
+        meta=message_meta,
+        usage=usage,
     )
     transaction.on_commit(functools.partial(live_text_drop, message_id=run.message_id))
 
@@ -653,13 +698,11 @@ def _crew_wait_note(run: AgentRun) -> None:
     ahead = AgentRun.objects.filter(
         mode=AgentMode.CREW, status=AgentRun.Status.QUEUED, created_at__lt=run.created_at
     ).count()
-    note = {
-        "reason": f"All {settings.CREW_MAX_CONCURRENCY} crews are busy; this reply waits.",
-        "ahead": ahead,
-    }
+    reason = f"All {settings.CREW_MAX_CONCURRENCY} crews are busy; this reply waits."
+    note = {"reason": reason, "ahead": ahead}
     if run.message.meta.get("waiting") != note:
         messaging_services.message_meta_update(message=run.message, meta={"waiting": note})
-        _agent_step_record(run=run, agent="crew", step="waiting", detail=note["reason"])
+        _agent_step_record(run=run, agent="crew", step="waiting", detail=reason)
 
 
 def _agent_step_record(
@@ -729,15 +772,7 @@ def thread_delete(*, thread: Thread) -> None:
             for artifact in Artifact.objects.filter(thread=thread).only("id", "content")
         ]
         messaging_services.thread_delete(thread=thread)
-
-        def remove_blobs() -> None:
-            for storage, name in blobs:
-                try:
-                    storage.delete(name)
-                except Exception:
-                    logger.exception("could not delete artifact blob %s", name)
-
-        transaction.on_commit(remove_blobs)
+        objects_delete_on_commit(blobs)
 
 
 @dataclass

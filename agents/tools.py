@@ -153,12 +153,11 @@ def _search(ctx: ToolContext, query: str) -> str:
     lines = []
     for hit in hits:
         ctx.cite(
-            hit["id"],
-            {"kind": "message", "id": hit["id"], "threadId": hit["threadId"], "seq": hit["seq"]},
+            hit.id, {"kind": "message", "id": hit.id, "threadId": hit.thread_id, "seq": hit.seq}
         )
-        lines.append(f"- message {hit['id']} in thread {hit['threadId']}: {hit['snippet']}")
+        lines.append(f"- message {hit.id} in thread {hit.thread_id}: {hit.snippet}")
     for thread in threads:
-        lines.append(f"- thread {thread['id']}: {thread['title']}")
+        lines.append(f"- thread {thread.id}: {thread.title}")
     return "\n".join(lines)
 
 
@@ -572,9 +571,10 @@ def _gateway(ctx: ToolContext, resource: str) -> str:
     except GatewayError as exc:
         return f"Error: {exc}"
     ctx.cite(f"gateway:{resource}", {"kind": "gateway", "resource": resource})
-    body = result.data if result.data is not None else result.text
-    text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
-    return text + ("\n[… truncated]" if result.truncated else "")
+    if result.status >= 400:
+        return f"Error: the gateway answered {result.status}."
+    body = result.data
+    return body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
 
 
 # --- who gets what ---------------------------------------------------------------------------
@@ -589,4 +589,4 @@ def tools_for(agent: str, ctx: ToolContext) -> list[BaseTool]:
     chosen = list(kinds.get(agent, []))
     if settings.GATEWAY_URL and agent in {"researcher", "analyst"}:
         chosen.append(GatewayFetchTool)
-    return [tool(ctx=ctx, agent_name=agent) for tool in chosen]
+    return [tool(ctx=ctx, agent_name=agent) for tool in chosen]  # type: ignore[call-arg]

@@ -338,6 +338,17 @@ LLM_API_KEY = env_secret("LLM_API_KEY")
 LLM_MODEL = env_str("LLM_MODEL")
 AGENT_MODE = env_choice("AGENT_MODE", "auto", ("auto", "crew", "core"))
 LLM_TIMEOUT_SECONDS = env_int("LLM_TIMEOUT_SECONDS", 60, minimum=1)
+# The external agent behind models whose provider is grpc_agent (AI-at-Work's AIService.Process):
+# host:port (or any gRPC target, e.g. unix:/run/agent.sock), and how long one turn may take.
+AGENT_GRPC_TARGET = env_str("AGENT_GRPC_TARGET").strip()
+if AGENT_GRPC_TARGET and (
+    any(ch.isspace() for ch in AGENT_GRPC_TARGET)
+    or not (AGENT_GRPC_TARGET.startswith("unix:") or AGENT_GRPC_TARGET.rpartition(":")[2].isdigit())
+):
+    raise ImproperlyConfigured(
+        f"AGENT_GRPC_TARGET must be host:port (or unix:PATH), got {AGENT_GRPC_TARGET!r}"
+    )
+AGENT_GRPC_TIMEOUT_SECONDS = env_int("AGENT_GRPC_TIMEOUT_SECONDS", 60, minimum=1)
 # Every new user's starting credit, in the ledger's currency (the bundled model is free).
 STARTING_BALANCE = env_decimal("STARTING_BALANCE", "1.00")
 # Streaming: deltas are batched for this long before one event goes out; the partial text is

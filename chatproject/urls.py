@@ -4,6 +4,8 @@ from django.urls import URLPattern, URLResolver, include, path
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from messaging.compat import aiatwork
+
 handler404 = "chatproject.api.json_404"
 handler500 = "chatproject.api.json_500"
 
@@ -26,4 +28,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    # The compatibility protocols (docs/compat.md): 1Backend's Chat Svc and AI-at-Work's upload.
+    path("chat-svc/", include("messaging.compat.chat_svc")),
+    path("upload", aiatwork.upload, name="aiatwork-upload"),
 ]

@@ -112,6 +112,20 @@ def message_page(
     return MessagePage(messages=rows, has_older=has_older, has_newer=has_newer)
 
 
+def messages_by_ids(*, user: User, ids: list[str]) -> list[MessageRow]:
+    """The messages with these ids that the user may read (in threads they are in; an admin
+    reads any), oldest first. Ids that are missing or not theirs are simply absent."""
+    require_perm(user, Perm.MESSAGE_VIEW)
+    wanted = [i for i in dict.fromkeys(ids) if is_valid_client_id(i)][:MAX_PAGE_SIZE]
+    queryset = Message.objects.filter(pk__in=wanted)
+    if not user.is_admin:
+        queryset = queryset.filter(
+            thread__in=ThreadMembership.objects.filter(user=user).values("thread_id")
+        )
+    rows = _page_rows(queryset.order_by("created_at", "thread_id", "seq"), MAX_PAGE_SIZE)
+    return _with_live_text(attach_file_ids(rows))
+
+
 def _any_seq(thread: Thread, *, order: str, **seq_filter: int) -> bool:
     # Ordered by seq so the planner walks the (thread, seq) index from the cursor; a bare
     # EXISTS lets PostgreSQL pick a sequential scan that reads half a deep thread first.

@@ -5,6 +5,13 @@ from messaging.compat import bff
 
 urlpatterns = [
     path("chat/messages", bff.chat_messages, name="bff-chat-messages"),
+    path("chat/sessions", bff.ChatSessionsApi.as_view(), name="bff-chat-sessions"),
+    path(
+        "chat/sessions/<str:session_id>",
+        bff.ChatSessionDetailApi.as_view(),
+        name="bff-chat-session-detail",
+    ),
+    path("chat/history", bff.ChatHistoryApi.as_view(), name="bff-chat-history"),
     path("events/", sse.events_stream, name="events-stream"),
     path("events/types/", apis.EventTypesApi.as_view(), name="event-types"),
     path(

@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents import services as agent_services
 from agents.selectors import balance_of, usage_of
 from chatproject.api import StrictInputSerializer, query_int, request_user
 from messaging import services as actions
@@ -214,7 +215,7 @@ class ThreadDetailApi(APIView):
             user=request_user(request), thread_id=thread_id, perm=Perm.THREAD_DELETE
         )
         services.require_owner(thread=thread, actor=request_user(request))
-        actions.thread_delete(thread=thread)
+        agent_services.thread_delete(thread=thread)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -1,15 +1,18 @@
 """LLM providers: one interface, a stream of text pieces and a token count.
 
 `local` runs the bundled SmolLM2 model in the worker with llama-cpp-python; `openai` talks to
-any OpenAI-compatible server. Tests replace `get_provider` with a scripted provider.
+any OpenAI-compatible server; `grpc_agent` hands the whole turn to an external agent over gRPC
+(AI-at-Work's AIService.Process), which answers with its text and what the turn cost. Tests
+replace `get_provider` with a scripted provider.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from decimal import Decimal
+from typing import TYPE_CHECKING, Protocol, cast
 
 if TYPE_CHECKING:
     from agents.models import AIModel
@@ -34,9 +37,29 @@ class Usage:
 
 @dataclass
 class Completion:
-    """What a stream leaves behind once iterated: the usage the provider reported or we counted."""
+    """What a stream leaves behind once iterated: the usage the provider reported or we counted,
+    and, for a provider that prices its own work (an agent), the cost it reported. A cost here
+    replaces the token price in the ledger (agents.services._finish)."""
 
     usage: Usage = field(default_factory=Usage)
+    cost: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One chat turn as an agent that runs the whole turn itself is told it (grpc_agent): who
+    asks, where, what, and the context the thread holds."""
+
+    user_id: str
+    session_id: str
+    chat_message: str
+    model_name: str
+    model_provider: str
+    session_prompt: str
+    file_names: list[str]
+    chat_summary: str
+    chat_history: ChatMessages
+    balance: Decimal
 
 
 class Provider(Protocol):
@@ -48,6 +71,33 @@ class Provider(Protocol):
         ...
 
     def count_tokens(self, text: str) -> int: ...
+
+
+class TurnProvider(Protocol):
+    """A provider that wants the whole turn (the agent contract) rather than chat messages."""
+
+    def stream_turn(
+        self, *, turn: Turn, messages: ChatMessages, max_tokens: int, completion: Completion
+    ) -> Iterator[str]: ...
+
+
+def open_stream(
+    provider: Provider,
+    *,
+    messages: ChatMessages,
+    max_tokens: int,
+    completion: Completion,
+    turn: Callable[[], Turn],
+) -> Iterator[str]:
+    """The reply's pieces from any provider. `turn` is built (it reads the database) only for
+    a provider that takes turns."""
+    # Asked of the class, not the instance: a test double that answers every attribute
+    # (unittest.mock) must not pass for an agent.
+    if hasattr(type(provider), "stream_turn"):
+        return cast(TurnProvider, provider).stream_turn(
+            turn=turn(), messages=messages, max_tokens=max_tokens, completion=completion
+        )
+    return provider.stream(messages=messages, max_tokens=max_tokens, completion=completion)
 
 
 _providers: dict[tuple[str, str], Provider] = {}
@@ -64,6 +114,10 @@ def get_provider(model: AIModel) -> Provider:
                 from agents.llm.openai_compat import OpenAICompatibleProvider
 
                 provider = OpenAICompatibleProvider(model_name=model.provider_model)
+            elif model.provider == "grpc_agent":
+                from agents.llm.grpc_agent import GrpcAgentProvider
+
+                provider = GrpcAgentProvider()
             else:
                 from agents.llm.local import LocalProvider
 

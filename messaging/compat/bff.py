@@ -1,44 +1,238 @@
-"""The dashboard BFF's chat route: POST /api/v1/chat/messages streams the AI's reply in its own
-HTTP response as Server-Sent Events, for clients that hold no socket.
+"""The dashboard BFF's chat routes (bff-chat-service), on Threadline's services. A session is a
+thread; its history is the thread's messages.
 
-Request `{"sessionId"?: thr_…, "message": "…", "modelId"?: "…"}` (a missing sessionId starts a
-session, i.e. a thread). The stream:
+    POST   /api/v1/chat/sessions       {title?, sessionPrompt?}  → 201 {"session": {...}}
+    GET    /api/v1/chat/sessions       ?cursor=&limit=  → {"sessions": [...], "nextCursor"}
+    DELETE /api/v1/chat/sessions/{id}                    → 204
+    GET    /api/v1/chat/history        ?sessionId=&before=&limit=
+                                       → {"sessionId", "messages", "hasOlder", "before"}
+    POST   /api/v1/chat/messages       {sessionId?, message, modelId?} → text/event-stream
+
+POST /api/v1/chat/messages streams the AI's reply in its own HTTP response as Server-Sent
+Events, for clients that hold no socket (a missing sessionId starts a session):
 
     event: session   data: {"sessionId", "messageId", "replyMessageId"}
     event: delta     data: {"messageId", "offset", "text"}          (repeated)
-    event: done      data: {"messageId", "status", "text", "usage", "artifacts": []}
+    event: done      data: {"messageId", "status", "text", "error", "usage", "artifacts": [...]}
 
-An error before the stream starts is the usual JSON error with its status; once streaming, it is
-an `event: error` with `{"message"}`.
+An error before the stream starts is the native JSON error with its status; once streaming, it
+is an `event: error` with `{"message"}`. The BFF had no error shape of its own that clients
+parse, so these routes keep Threadline's one error shape.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import transaction
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from agents.selectors import model_for_request
-from agents.services import reply_request
-from chatproject.api import error_body
+from agents import services as agent_services
+from agents.selectors import artifacts_of_message, model_for_request
+from chatproject.api import StrictInputSerializer, error_body, query_int, request_user
 from messaging import services
-from messaging.events import EventType
+from messaging.compat.common import ReplyListener, post_message
+from messaging.selectors import MAX_PAGE_SIZE, MessageRow, message_page
 from messaging.sse import authenticate, csrf_failure, error_response
-from messaging.streams import Subscription
+from threads import selectors as thread_selectors
+from threads import services as thread_services
 from threads.errors import ApplicationError, Invalid
 from threads.models import Thread, User
 from threads.permissions import Perm, require_perm
 from threads.selectors import access_thread
+from threads.wire import iso
 
-REPLY_TIMEOUT_SECONDS = 600
+MAX_TITLE = 200
+MAX_SESSION_PROMPT = 20_000
+
+# --- the artifacts hook --------------------------------------------------------------------
+
+
+def reply_artifacts(*, message_id: str) -> list[dict[str, Any]]:
+    """What the crew made besides text for the AI reply `message_id`, as the stream's final
+    `done` event lists it."""
+    return [
+        {
+            "id": artifact["id"],
+            "kind": artifact["kind"],
+            "title": artifact["title"],
+            "contentType": artifact["contentType"],
+            "url": artifact["contentUrl"],
+        }
+        for artifact in artifacts_of_message(message_id=message_id)
+    ]
+
+
+# --- sessions and history ------------------------------------------------------------------
+
+
+def session_json(thread: Thread) -> dict[str, Any]:
+    return {
+        "id": thread.pk,
+        "title": thread.title,
+        "sessionPrompt": thread.session_prompt,
+        "createdAt": iso(thread.created_at),
+        "updatedAt": iso(thread.updated_at),
+        "lastActivityAt": iso(thread.last_activity_at),
+    }
+
+
+def history_json(row: MessageRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "role": "assistant" if row.author_id is None else "user",
+        "content": row.text,
+        "userId": row.author_id,
+        "status": row.status,
+        "fileIds": row.file_ids,
+        "seq": row.seq,
+        "createdAt": iso(row.created_at),
+    }
+
+
+class SessionOutput(serializers.Serializer):
+    id = serializers.CharField()
+    title = serializers.CharField()
+    sessionPrompt = serializers.CharField()
+    createdAt = serializers.DateTimeField()
+    updatedAt = serializers.DateTimeField()
+    lastActivityAt = serializers.DateTimeField()
+
+
+class ChatSessionsApi(APIView):
+    class InputSerializer(StrictInputSerializer):
+        title = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TITLE)
+        sessionPrompt = serializers.CharField(
+            required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
+        )
+
+    class ListOutputSerializer(serializers.Serializer):
+        sessions = SessionOutput(many=True)
+        nextCursor = serializers.CharField(allow_null=True)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("cursor", str, description="nextCursor of the previous page."),
+            OpenApiParameter("limit", int, description="1-200, default 50."),
+        ],
+        responses=ListOutputSerializer,
+        operation_id="bff_sessions_list",
+        summary="BFF: the caller's chat sessions (threads), newest activity first",
+    )
+    def get(self, request: Request) -> Response:
+        limit = query_int(request.query_params, "limit", default=50, minimum=1) or 50
+        if limit > MAX_PAGE_SIZE:
+            raise Invalid("limit must be 1 to 200.", fields={"limit": ["Out of range."]})
+        page = thread_selectors.thread_list(
+            user=request_user(request),
+            cursor=request.query_params.get("cursor") or None,
+            limit=limit,
+        )
+        return Response(
+            {
+                "sessions": [session_json(thread) for thread in page.threads],
+                "nextCursor": page.next_cursor,
+            }
+        )
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: SessionOutput},
+        operation_id="bff_sessions_create",
+        summary="BFF: start a chat session (a thread the caller owns)",
+    )
+    def post(self, request: Request) -> Response:
+        user = request_user(request)
+        require_perm(user, Perm.THREAD_CREATE)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = serializer.validated_data
+        thread, _ = services.thread_create(
+            creator=user,
+            title=data.get("title", ""),
+            session_prompt=data.get("sessionPrompt", ""),
+        )
+        return Response({"session": session_json(thread)}, status=status.HTTP_201_CREATED)
+
+
+class ChatSessionDetailApi(APIView):
+    @extend_schema(
+        responses={204: None},
+        operation_id="bff_sessions_delete",
+        summary="BFF: delete a session (its owner or an admin), its messages and files",
+    )
+    def delete(self, request: Request, session_id: str) -> Response:
+        user = request_user(request)
+        thread = access_thread(user=user, thread_id=session_id, perm=Perm.THREAD_DELETE)
+        thread_services.require_owner(thread=thread, actor=user)
+        agent_services.thread_delete(thread=thread)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class HistoryMessageOutput(serializers.Serializer):
+    id = serializers.CharField()
+    role = serializers.ChoiceField(choices=["user", "assistant"])
+    content = serializers.CharField()
+    userId = serializers.CharField(allow_null=True)
+    status = serializers.CharField()
+    fileIds = serializers.ListField(child=serializers.CharField())
+    seq = serializers.IntegerField()
+    createdAt = serializers.DateTimeField()
+
+
+class ChatHistoryApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        sessionId = serializers.CharField()
+        messages = HistoryMessageOutput(many=True)
+        hasOlder = serializers.BooleanField()
+        before = serializers.IntegerField(
+            allow_null=True, help_text="Pass as ?before= for the page of older messages."
+        )
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("sessionId", str, required=True),
+            OpenApiParameter("before", int, description="Messages older than this seq."),
+            OpenApiParameter("limit", int, description="1-200, default 50."),
+        ],
+        responses=OutputSerializer,
+        operation_id="bff_history",
+        summary="BFF: a page of a session's messages, oldest first (newest page by default)",
+    )
+    def get(self, request: Request) -> Response:
+        session_id = request.query_params.get("sessionId") or ""
+        if not session_id:
+            raise Invalid("sessionId is required.", fields={"sessionId": ["Required."]})
+        thread = access_thread(
+            user=request_user(request), thread_id=session_id, perm=Perm.MESSAGE_VIEW
+        )
+        page = message_page(
+            thread=thread,
+            before=query_int(request.query_params, "before"),
+            limit=query_int(request.query_params, "limit", default=50, minimum=1) or 50,
+        )
+        first = page.messages[0].seq if page.messages else None
+        return Response(
+            {
+                "sessionId": thread.pk,
+                "messages": [history_json(row) for row in page.messages],
+                "hasOlder": page.has_older,
+                "before": first if page.has_older else None,
+            }
+        )
+
+
+# --- the streamed reply -------------------------------------------------------------------
 
 
 def _frame(event: str, data: dict[str, Any]) -> str:
@@ -76,9 +270,8 @@ def _open_session(user: User, session_id: str | None, text: str) -> Thread:
 
 def _post(user: User, thread: Thread, text: str, model_ref: str | None) -> tuple[str, str]:
     model = model_for_request(user=user, model_ref=model_ref)
-    with transaction.atomic():
-        message, _ = services.message_post(thread=thread, author=user, text=text)
-        run = reply_request(thread=thread, requester=user, request_message=message, model=model)
+    message, _, run = post_message(user=user, thread=thread, text=text, model=model)
+    assert run is not None  # noqa: S101 - a new message with a model always gets a run
     return message.pk, run.message_id
 
 
@@ -92,24 +285,19 @@ async def chat_messages(request: HttpRequest) -> HttpResponseBase:
     refused = csrf_failure(request)
     if refused is not None:
         return refused
-    queue: asyncio.Queue[str] = asyncio.Queue()
-
-    async def send(text: str) -> None:
-        queue.put_nowait(text)
-
-    subscription = Subscription(user=user, send=send)
+    listener = ReplyListener(user=user)
     try:
         body = _parse(request)
         thread = await database_sync_to_async(_open_session)(
             user, body.get("sessionId"), body["message"]
         )
         # Follow the thread before posting, so not one delta of the reply can be missed.
-        await subscription.subscribe(thread.pk)
+        await listener.follow(thread.pk)
         message_id, reply_id = await database_sync_to_async(_post)(
             user, thread, body["message"], body.get("modelId")
         )
     except ApplicationError as exc:
-        await subscription.close()
+        await listener.close()
         return error_response(exc)
 
     async def stream() -> AsyncIterator[str]:
@@ -118,35 +306,28 @@ async def chat_messages(request: HttpRequest) -> HttpResponseBase:
                 "session",
                 {"sessionId": thread.pk, "messageId": message_id, "replyMessageId": reply_id},
             )
-            while True:
-                try:
-                    text = await asyncio.wait_for(queue.get(), timeout=REPLY_TIMEOUT_SECONDS)
-                except TimeoutError:
-                    yield _frame("error", {"message": "The reply took too long."})
-                    return
-                event = json.loads(text)
-                data = event.get("data", {})
-                if event["type"] == EventType.MESSAGE_DELTA and data.get("messageId") == reply_id:
-                    yield _frame("delta", data)
-                elif (
-                    event["type"] == EventType.MESSAGE_COMPLETED
-                    and data.get("message", {}).get("id") == reply_id
-                ):
-                    final = data["message"]
-                    yield _frame(
-                        "done",
-                        {
-                            "messageId": reply_id,
-                            "status": final["status"],
-                            "text": final["text"],
-                            "error": final["meta"].get("error"),
-                            "usage": data.get("usage", {}),
-                            "artifacts": final["meta"].get("artifacts", []),
-                        },
-                    )
-                    return
+            async for step in listener.reply(reply_id):
+                if step.kind == "delta":
+                    yield _frame("delta", step.data)
+                    continue
+                artifacts = await database_sync_to_async(reply_artifacts)(message_id=reply_id)
+                yield _frame(
+                    "done",
+                    {
+                        "messageId": reply_id,
+                        "status": step.data["status"],
+                        "text": step.data["text"],
+                        "error": step.data["meta"].get("error"),
+                        "usage": step.usage,
+                        "artifacts": artifacts,
+                    },
+                )
+        except TimeoutError:
+            yield _frame("error", {"message": "The reply took too long."})
+        except LookupError as exc:
+            yield _frame("error", {"message": str(exc)})
         finally:
-            await subscription.close()
+            await listener.close()
 
     response = StreamingHttpResponse(stream(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

@@ -16,7 +16,9 @@ from tests.helpers import upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SALES_CSV = b"region,product,amount\nNorth,apples,10\nSouth,pears,5\nNorth,pears,7.5\nEast,apples,2\n"
+SALES_CSV = (
+    b"region,product,amount\nNorth,apples,10\nSouth,pears,5\nNorth,pears,7.5\nEast,apples,2\n"
+)
 
 
 @pytest.fixture

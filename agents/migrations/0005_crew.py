@@ -9,7 +9,7 @@ import threads.ids
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("agents", "0003_threadsummary"),
+        ("agents", "0004_compat_protocols"),
         ("messaging", "0002_threadevent"),
         ("threads", "0005_crew"),
     ]

@@ -1,0 +1,495 @@
+"""1Backend's Chat Svc on Threadline's services: the `/chat-svc/...` routes with Chat Svc's
+paths, methods and JSON shapes, for clients written against it.
+
+    POST   /chat-svc/thread                      {id?, title?, userIds?, topicIds?} → {"thread"}
+    POST   /chat-svc/threads                     {ids?}                  → {"threads": [...]}
+    DELETE /chat-svc/thread/{threadId}                                   → {}
+    POST   /chat-svc/thread/{threadId}/message   {id?, text?, fileIds?, meta?} → {}
+    POST   /chat-svc/messages                    {threadId?, ids?, limit?, before?, after?}
+                                                                         → {"messages": [...]}
+    DELETE /chat-svc/message/{messageId}                                 → {}
+    GET    /chat-svc/events                      the event documentation, or with
+                                                 `Accept: text/event-stream` the live stream
+
+Authentication is `Authorization: Bearer <token>`. Permissions are the native API's: the
+`chat-svc:*` names plus thread membership (which Chat Svc itself did not check), and the same
+owner/author rules. Errors keep Chat Svc's `{"error": "<text>"}` (its ErrorResponse type) with
+the matching status; an outsider's thread answers exactly as a missing one (404).
+
+Each route is thin: parse, `access_thread` / `access_message`, one service, shape the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.db import transaction
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.urls import path
+from rest_framework import serializers
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents import services as agent_services
+from agents.selectors import model_for_request
+from chatproject.api import api_exception_handler, request_user
+from messaging import selectors, services
+from messaging.apis import _MetaField
+from messaging.compat.common import post_message, thread_messages
+from messaging.events import EventType
+from messaging.models import Message
+from messaging.selectors import MAX_PAGE_SIZE, MessageRow
+from messaging.sse import KEEPALIVE_SECONDS, QUEUE_LIMIT, authenticate
+from messaging.streams import MAX_THREADS_PER_CONNECTION, Subscription
+from threads import selectors as thread_selectors
+from threads import services as thread_services
+from threads.authentication import BearerTokenAuthentication
+from threads.errors import ApplicationError, Forbidden, Invalid, NotFound
+from threads.ids import ID_MAX_LENGTH
+from threads.models import Thread, User
+from threads.permissions import Perm, has_perm, require_perm
+from threads.selectors import access_thread, thread_get, users_by_reference
+from threads.wire import iso
+
+logger = logging.getLogger(__name__)
+
+MAX_TITLE = 200
+MAX_LIST = 100
+
+# --- wire shapes
+
+
+def chat_thread_json(thread: Thread) -> dict[str, Any]:
+    """Chat Svc's Thread. Expects memberships and topics prefetched (thread_get)."""
+    return {
+        "id": thread.pk,
+        "title": thread.title,
+        "userIds": [m.user_id for m in thread.memberships.all()],
+        "topicIds": sorted(topic.pk for topic in thread.topics.all()),
+        "createdAt": iso(thread.created_at),
+        "updatedAt": iso(thread.updated_at),
+    }
+
+
+def chat_message_json(message: Message | MessageRow) -> dict[str, Any]:
+    """Chat Svc's Message: an AI message has an empty userId and meta.modelId / platformId."""
+    return {
+        "id": message.id,
+        "threadId": message.thread_id,
+        "text": message.text,
+        "userId": message.author_id or "",
+        "fileIds": message.file_ids,
+        "meta": message.meta,
+        "createdAt": iso(message.created_at),
+        "updatedAt": iso(message.updated_at),
+    }
+
+
+def chat_svc_error(message: str, status: int) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def chat_svc_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """The native handler decides status and text; Chat Svc's clients get `{"error": text}`."""
+    response = api_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and "error" in response.data:
+        response.data = {"error": response.data["error"]["message"]}
+    return response
+
+
+class ChatSvcApi(APIView):
+    # Chat Svc authenticates with bearer tokens only; no session cookie, so no CSRF question.
+    authentication_classes = [BearerTokenAuthentication]
+    permission_classes = [IsAuthenticated]
+    parser_classes = [JSONParser]
+    # Another service's protocol, documented in docs/compat.md; the OpenAPI document is the
+    # native API's.
+    schema = None
+
+    def get_exception_handler(self) -> Any:
+        return chat_svc_exception_handler
+
+
+def _users(refs: list[str]) -> list[User]:
+    users, missing = users_by_reference(refs=refs)
+    if missing:
+        raise Invalid(f"Unknown users: {', '.join(missing)}.", fields={"userIds": missing})
+    return users
+
+
+def _own_thread(user: User, thread_id: str) -> Thread | None:
+    """The caller's thread with this id, or None when there is none they may edit (missing,
+    or someone else's: the create that follows then answers 409 as the native API does)."""
+    if not has_perm(user, Perm.THREAD_EDIT):
+        return None
+    try:
+        return access_thread(user=user, thread_id=thread_id, perm=Perm.THREAD_EDIT)
+    except NotFound:
+        return None
+
+
+# --- threads
+
+
+class SaveThreadApi(ChatSvcApi):
+    """Create a thread, or update the caller's thread with this id. Unknown keys are ignored,
+    as Chat Svc's JSON decoding ignored them."""
+
+    class InputSerializer(serializers.Serializer):
+        id = serializers.CharField(required=False, allow_blank=True, max_length=ID_MAX_LENGTH)
+        title = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TITLE)
+        userIds = serializers.ListField(
+            child=serializers.CharField(max_length=150), required=False, max_length=MAX_LIST
+        )
+        topicIds = serializers.ListField(
+            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            required=False,
+            max_length=MAX_LIST,
+        )
+
+    def post(self, request: Request) -> Response:
+        user = request_user(request)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = serializer.validated_data
+        thread_id = data.get("id") or None
+        thread = _own_thread(user, thread_id) if thread_id else None
+        if thread is not None:
+            self._update(user, thread, data)
+        else:
+            require_perm(user, Perm.THREAD_CREATE)
+            thread, created = services.thread_create(
+                creator=user,
+                title=data.get("title", ""),
+                members=_users(data.get("userIds", [])),
+                topic_ids=data.get("topicIds", []),
+                thread_id=thread_id,
+            )
+            if not created:
+                # The caller's own thread, which they may not edit: say so rather than
+                # answer as if the update had happened.
+                require_perm(user, Perm.THREAD_EDIT)
+        return Response({"thread": chat_thread_json(thread_get(thread_id=thread.pk))})
+
+    @staticmethod
+    def _update(user: User, thread: Thread, data: dict[str, Any]) -> None:
+        """Title and topics as given; userIds adds the users not yet in (the owner's right, as
+        natively). Nobody is removed here: removing members is the native API's DELETE."""
+        with transaction.atomic():
+            title = data.get("title", "").strip() or None
+            if title is not None or "topicIds" in data:
+                services.thread_update(thread=thread, title=title, topic_ids=data.get("topicIds"))
+            present = {m.user_id for m in thread_get(thread_id=thread.pk).memberships.all()}
+            new = [u for u in _users(data.get("userIds", [])) if u.pk not in present]
+            if new:
+                services.membership_add(thread=thread, actor=user, users=new)
+
+
+class ListThreadsApi(ChatSvcApi):
+    class InputSerializer(serializers.Serializer):
+        ids = serializers.ListField(
+            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            required=False,
+            max_length=MAX_PAGE_SIZE,
+        )
+
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        threads = thread_selectors.threads_by_ids(
+            user=request_user(request), ids=serializer.validated_data.get("ids") or None
+        )
+        return Response({"threads": [chat_thread_json(thread) for thread in threads]})
+
+
+class DeleteThreadApi(ChatSvcApi):
+    def delete(self, request: Request, thread_id: str) -> Response:
+        user = request_user(request)
+        thread = access_thread(user=user, thread_id=thread_id, perm=Perm.THREAD_DELETE)
+        thread_services.require_owner(thread=thread, actor=user)
+        agent_services.thread_delete(thread=thread)
+        return Response({})
+
+
+# --- messages
+
+
+class SaveMessageApi(ChatSvcApi):
+    """Post a message, or edit the caller's message with this id (its text). A thread whose
+    aiReply is on answers, as it does natively."""
+
+    class InputSerializer(serializers.Serializer):
+        id = serializers.CharField(required=False, allow_blank=True, max_length=ID_MAX_LENGTH)
+        text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+        fileIds = serializers.ListField(
+            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            required=False,
+            max_length=services.MAX_FILES_PER_MESSAGE,
+        )
+        meta = _MetaField(required=False)
+        # Chat Svc let a client name the author; here it may only name itself.
+        userId = serializers.CharField(required=False, allow_blank=True, max_length=ID_MAX_LENGTH)
+
+    def post(self, request: Request, thread_id: str) -> Response:
+        user = request_user(request)
+        thread = access_thread(user=user, thread_id=thread_id, perm=Perm.MESSAGE_CREATE)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = serializer.validated_data
+        if data.get("userId") and data["userId"] != user.pk:
+            raise Forbidden("You can only post messages as yourself.")
+        text = data.get("text", "")
+        message_id = data.get("id") or None
+        existing = self._own_message(user, message_id) if message_id else None
+        if existing is not None:
+            if existing.thread_id != thread.pk:
+                raise Invalid(
+                    "This message belongs to another thread.", fields={"id": [message_id]}
+                )
+            require_perm(user, Perm.MESSAGE_EDIT)
+            selectors.require_message_editor(user=user, message=existing)
+            if not text.strip() and not existing.file_ids:
+                raise Invalid("A message needs text or files.", fields={"text": ["Blank."]})
+            if text != existing.text:
+                services.message_edit(message=existing, text=text)
+            return Response({})
+        if not text.strip() and not data.get("fileIds"):
+            raise Invalid("A message needs text or files.", fields={"text": ["Blank."]})
+        model = model_for_request(user=user, model_ref=None) if thread.ai_reply else None
+        post_message(
+            user=user,
+            thread=thread,
+            text=text,
+            model=model,
+            file_ids=data.get("fileIds", []),
+            meta=data.get("meta"),
+            message_id=message_id,
+        )
+        return Response({})
+
+    @staticmethod
+    def _own_message(user: User, message_id: str) -> Message | None:
+        if not has_perm(user, Perm.MESSAGE_VIEW):
+            return None
+        try:
+            return selectors.access_message(
+                user=user, message_id=message_id, perm=Perm.MESSAGE_VIEW
+            )
+        except NotFound:
+            return None
+
+
+class ListMessagesApi(ChatSvcApi):
+    """A thread's messages oldest first (all of them, as Chat Svc answered), or a page of them
+    when `limit`, `before` or `after` is given (Threadline's keyset paging on seq; the answer
+    then also carries hasOlder / hasNewer). `ids` alone reads those messages from any of the
+    caller's threads."""
+
+    class InputSerializer(serializers.Serializer):
+        threadId = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        ids = serializers.ListField(
+            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            required=False,
+            max_length=MAX_PAGE_SIZE,
+        )
+        limit = serializers.IntegerField(required=False, min_value=1, max_value=MAX_PAGE_SIZE)
+        before = serializers.IntegerField(required=False, min_value=0)
+        after = serializers.IntegerField(required=False, min_value=0)
+
+    def post(self, request: Request) -> Response:
+        user = request_user(request)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data: dict[str, Any] = serializer.validated_data
+        ids = data.get("ids") or []
+        if not data.get("threadId"):
+            if not ids:
+                raise Invalid("Give threadId or ids.", fields={"threadId": ["Required."]})
+            rows = selectors.messages_by_ids(user=user, ids=ids)
+            return Response({"messages": [chat_message_json(row) for row in rows]})
+        thread = access_thread(user=user, thread_id=data["threadId"], perm=Perm.MESSAGE_VIEW)
+        body: dict[str, Any] = {}
+        if {"limit", "before", "after"} & set(data):
+            page = selectors.message_page(
+                thread=thread,
+                before=data.get("before"),
+                after=data.get("after"),
+                limit=data.get("limit", 50),
+            )
+            rows = page.messages
+            body = {"hasOlder": page.has_older, "hasNewer": page.has_newer}
+        else:
+            rows = thread_messages(thread=thread)
+        if ids:
+            wanted = set(ids)
+            rows = [row for row in rows if row.id in wanted]
+        return Response({"messages": [chat_message_json(row) for row in rows], **body})
+
+
+class DeleteMessageApi(ChatSvcApi):
+    def delete(self, request: Request, message_id: str) -> Response:
+        user = request_user(request)
+        message = selectors.access_message(
+            user=user, message_id=message_id, perm=Perm.MESSAGE_DELETE
+        )
+        selectors.require_message_deleter(user=user, message=message)
+        services.message_delete(message=message)
+        return Response({})
+
+
+# --- events
+
+THREAD_ADDED = "chatThreadAdded"
+THREAD_UPDATE = "chatThreadUpdate"
+MESSAGE_ADDED = "chatMessageAdded"
+
+# Chat Svc's three events say only *which* thread changed; its clients then refetch. So every
+# change a client must refetch for is told by the nearest of the three: a message posted,
+# edited, finished by the AI or deleted is chatMessageAdded; a thread renamed, its members
+# changed or the thread deleted is chatThreadUpdate. AI deltas are not told (refetching per
+# token would be worse than waiting for the finished reply).
+EVENT_NAMES: dict[str, str] = {
+    EventType.THREAD_ADDED: THREAD_ADDED,
+    EventType.THREAD_UPDATE: THREAD_UPDATE,
+    EventType.THREAD_DELETED: THREAD_UPDATE,
+    EventType.MEMBER_ADDED: THREAD_UPDATE,
+    EventType.MEMBER_REMOVED: THREAD_UPDATE,
+    EventType.MESSAGE_ADDED: MESSAGE_ADDED,
+    EventType.MESSAGE_UPDATED: MESSAGE_ADDED,
+    EventType.MESSAGE_COMPLETED: MESSAGE_ADDED,
+    EventType.MESSAGE_DELETED: MESSAGE_ADDED,
+}
+
+EVENT_DOCS = {
+    "events": [
+        {
+            "name": THREAD_ADDED,
+            "data": {"threadId": "string"},
+            "description": "A thread you are in was created, or you were added to one.",
+        },
+        {
+            "name": THREAD_UPDATE,
+            "data": {"threadId": "string"},
+            "description": "A thread you are in changed: title, topics or members, or it was "
+            "deleted. Refetch it (POST /chat-svc/threads).",
+        },
+        {
+            "name": MESSAGE_ADDED,
+            "data": {"threadId": "string"},
+            "description": "A thread's messages changed: one was posted, edited, deleted, or an "
+            "AI reply finished. Refetch them (POST /chat-svc/messages).",
+        },
+    ],
+    "stream": "GET /chat-svc/events with Accept: text/event-stream and "
+    "Authorization: Bearer <token>: one SSE event per change, "
+    '`event: <name>` and `data: {"name": <name>, "data": {"threadId": ...}}`, for your threads '
+    f"only (the {MAX_THREADS_PER_CONNECTION} most recently active, and every thread you join "
+    "while connected).",
+}
+
+
+def _followed_threads(user: User) -> list[str]:
+    page = thread_selectors.thread_list(user=user, limit=MAX_THREADS_PER_CONNECTION)
+    return [thread.pk for thread in page.threads]
+
+
+def _sse(name: str, thread_id: str) -> str:
+    payload = json.dumps({"name": name, "data": {"threadId": thread_id}}, separators=(",", ":"))
+    return f"event: {name}\ndata: {payload}\n\n"
+
+
+async def events(request: HttpRequest) -> HttpResponseBase:
+    """The documentation of Chat Svc's events, or (Accept: text/event-stream) the caller's live
+    stream of them, made by the same Subscription as the native WebSocket and SSE doors."""
+    if request.method != "GET":
+        return chat_svc_error("Use GET.", 405)
+    if "text/event-stream" not in request.headers.get("Accept", ""):
+        return JsonResponse(EVENT_DOCS)
+    user = await authenticate(request)
+    if user is None:
+        return chat_svc_error("Authentication credentials were not provided.", 401)
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+
+    async def send(text: str) -> None:
+        try:
+            queue.put_nowait(text)
+        except asyncio.QueueFull:
+            logger.warning("Chat Svc stream of %s fell behind; closing", user.pk)
+            subscription.closed = True
+
+    subscription = Subscription(user=user, send=send)
+    try:
+        await subscription.open()
+        for thread_id in await database_sync_to_async(_followed_threads)(user):
+            await subscription.subscribe(thread_id)
+    except ApplicationError as exc:
+        await subscription.close()
+        return chat_svc_error(exc.message, exc.status)
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "retry: 2000\n: connected\n\n"
+            while not subscription.closed:
+                try:
+                    text = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                event = json.loads(text)
+                thread_id = str(event.get("threadId"))
+                if event.get("type") == EventType.THREAD_ADDED and (
+                    thread_id not in subscription.threads
+                ):
+                    # Followed before the client hears of it: whatever it does on hearing
+                    # (post, fetch) is already covered.
+                    await _follow_new(subscription, thread_id, event.get("seq"))
+                name = EVENT_NAMES.get(event.get("type", ""))
+                if name is not None:
+                    yield _sse(name, thread_id)
+        finally:
+            await subscription.close()
+
+    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def _follow_new(subscription: Subscription, thread_id: str, seq: Any) -> None:
+    """Follow a thread the caller just joined, from the event that told them (so nothing
+    committed since is missed)."""
+    try:
+        await subscription.subscribe(thread_id, seq if isinstance(seq, int) else None)
+    except ApplicationError as exc:  # e.g. removed again already, or at the thread limit
+        logger.info(
+            "Chat Svc stream of %s cannot follow %s: %s", subscription.user.pk, thread_id, exc
+        )
+    except Exception:
+        # The stream carries on with the threads it has; the client still heard of this one.
+        logger.exception(
+            "Chat Svc stream of %s: following %s failed", subscription.user.pk, thread_id
+        )
+
+
+urlpatterns = [
+    path("thread", SaveThreadApi.as_view(), name="chat-svc-save-thread"),
+    path("threads", ListThreadsApi.as_view(), name="chat-svc-list-threads"),
+    path("thread/<str:thread_id>", DeleteThreadApi.as_view(), name="chat-svc-delete-thread"),
+    path(
+        "thread/<str:thread_id>/message",
+        SaveMessageApi.as_view(),
+        name="chat-svc-save-message",
+    ),
+    path("messages", ListMessagesApi.as_view(), name="chat-svc-list-messages"),
+    path("message/<str:message_id>", DeleteMessageApi.as_view(), name="chat-svc-delete-message"),
+    path("events", events, name="chat-svc-events"),
+]
