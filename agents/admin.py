@@ -7,7 +7,16 @@ from django.contrib import admin, messages
 from django.http import HttpRequest
 
 from agents import services
-from agents.models import Account, AgentRun, AIModel, LedgerEntry, LegacyModelNumber, ModelGrant
+from agents.models import (
+    Account,
+    AgentRun,
+    AIModel,
+    Artifact,
+    CrewSlot,
+    LedgerEntry,
+    LegacyModelNumber,
+    ModelGrant,
+)
 
 
 class GrantInline(admin.TabularInline):
@@ -25,6 +34,8 @@ class AIModelAdmin(admin.ModelAdmin):
         "price_input_per_1k",
         "price_output_per_1k",
         "reserve_per_reply",
+        "supports_tools",
+        "agent_mode",
         "is_active",
         "is_default",
         "available_to_all",
@@ -75,6 +86,17 @@ class AccountAdmin(admin.ModelAdmin):
         self.message_user(request, f"Credited {queryset.count()} accounts.", messages.SUCCESS)
 
 
+class ArtifactInline(admin.TabularInline):
+    model = Artifact
+    extra = 0
+    can_delete = False
+    fields = ("id", "kind", "title", "content_type", "size", "created_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(AgentRun)
 class AgentRunAdmin(admin.ModelAdmin):
     list_display = (
@@ -82,6 +104,7 @@ class AgentRunAdmin(admin.ModelAdmin):
         "thread",
         "model",
         "status",
+        "mode",
         "requested_by",
         "prompt_tokens",
         "completion_tokens",
@@ -89,11 +112,37 @@ class AgentRunAdmin(admin.ModelAdmin):
         "attempts",
         "created_at",
     )
-    list_filter = ("status", "model")
+    list_filter = ("status", "mode", "model")
     search_fields = ("id", "thread__id", "message__id", "requested_by__username")
     readonly_fields = [f.name for f in AgentRun._meta.fields]
     list_select_related = ("thread", "model", "requested_by")
     show_full_result_count = False
+    inlines = (ArtifactInline,)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Artifact)
+class ArtifactAdmin(admin.ModelAdmin):
+    """What crews made. Usage per agent and tool is on the run (`usage`)."""
+
+    list_display = ("id", "kind", "title", "thread", "run", "size", "created_at")
+    list_filter = ("kind",)
+    search_fields = ("id", "title", "thread__id", "run__id")
+    readonly_fields = [f.name for f in Artifact._meta.fields]
+    list_select_related = ("thread", "run")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(CrewSlot)
+class CrewSlotAdmin(admin.ModelAdmin):
+    """The deployment's crew places (CREW_MAX_CONCURRENCY) and which run holds each."""
+
+    list_display = ("number", "run", "taken_at")
+    readonly_fields = ("number", "run", "taken_at")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -39,6 +39,16 @@ def request_user(request: Request) -> User:
     return user
 
 
+def bearer_token(request: Request | HttpRequest) -> str | None:
+    """The raw bearer token the caller authenticated with, if any: the crew's gateway tool
+    forwards it to the operator's gateway as the user's own credential."""
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() in {"bearer", "token"} and token.strip():
+        return token.strip()
+    return None
+
+
 def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from agents.selectors import model_for_request
 from agents.services import reply_regenerate, reply_request, run_stop
-from chatproject.api import StrictInputSerializer, query_int, request_user
+from chatproject.api import StrictInputSerializer, bearer_token, query_int, request_user
 from messaging import selectors, services
 from messaging.events import EVENT_DOCS
 from messaging.models import File, Message
@@ -180,7 +180,11 @@ class ThreadMessagesApi(APIView):
             run = None
             if created and model is not None:
                 run = reply_request(
-                    thread=thread, requester=user, request_message=message, model=model
+                    thread=thread,
+                    requester=user,
+                    request_message=message,
+                    model=model,
+                    gateway_token=bearer_token(request),
                 )
         body = MessageOutput(message).data
         if run is not None:
@@ -251,7 +255,7 @@ class MessageRegenerateApi(APIView):
             user=user, message_id=message_id, perm=Perm.MESSAGE_CREATE
         )
         with transaction.atomic():
-            run = reply_regenerate(message=message, actor=user)
+            run = reply_regenerate(message=message, actor=user, gateway_token=bearer_token(request))
         return Response(MessageOutput(run.message).data, status=status.HTTP_201_CREATED)
 
 

@@ -38,6 +38,7 @@ def post_message(
     file_ids: Sequence[str] = (),
     meta: dict[str, Any] | None = None,
     message_id: str | None = None,
+    gateway_token: str | None = None,
 ) -> tuple[Message, bool, AgentRun | None]:
     """Post `user`'s message and, when `model` is given, ask it for a reply, in one transaction
     (a refused reply, e.g. for the balance, takes the question back with it). A retried post
@@ -53,7 +54,13 @@ def post_message(
         )
         run = None
         if created and model is not None:
-            run = reply_request(thread=thread, requester=user, request_message=message, model=model)
+            run = reply_request(
+                thread=thread,
+                requester=user,
+                request_message=message,
+                model=model,
+                gateway_token=gateway_token,
+            )
     return message, created, run
 
 

@@ -201,7 +201,7 @@ def test_stop_mid_stream_keeps_the_partial_text_and_charges_only_what_was_produc
 
 
 def test_stop_is_for_the_asker_the_owner_or_an_admin(cast, scripted_llm, monkeypatch):
-    monkeypatch.setattr(services, "_enqueue", lambda run_id: None)  # leave the run queued
+    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: None)  # leave the run queued
     response = _ask(cast, user=cast.bob)
     ai_id = response.json()["reply"]["messageId"]
     missing = cast.client(cast.charlie).post("/api/v1/messages/msg_nope/stop/")
@@ -228,7 +228,7 @@ def test_regenerate_answers_the_same_question_again(cast, scripted_llm):
 
 
 def test_a_run_whose_worker_vanished_is_run_again_once_then_failed(cast, scripted_llm, monkeypatch):
-    monkeypatch.setattr(services, "_enqueue", lambda run_id: None)
+    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: None)
     response = _ask(cast)
     run = AgentRun.objects.get(pk=response.json()["reply"]["runId"])
     stale = timezone.now() - timedelta(minutes=5)
@@ -258,7 +258,7 @@ def test_models_and_balance_are_listed(cast):
 def test_concurrent_replies_never_overdraw(cast, monkeypatch):
     if connection.vendor != "postgresql":
         pytest.skip("row locks under real concurrency need PostgreSQL")
-    monkeypatch.setattr(services, "_enqueue", lambda run_id: None)
+    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: None)
     model = _priced_model()  # the most a reply can cost: 0.9 + 0.2 = 1.1
     services.credit_add(user=cast.alice, amount=Decimal("10.00"), note="covers 10")
     outcomes: list[str] = []
