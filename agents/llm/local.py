@@ -29,8 +29,11 @@ class LocalProvider:
     def __init__(self) -> None:
         self._llm: Any = None
         self._load_lock = threading.Lock()
-        # A llama.cpp context serves one generation at a time.
-        self._generate_lock = threading.Lock()
+        # One llama.cpp call at a time, generation and tokenizing alike: tokenizing from another
+        # thread while one generates crashes the process (seen with two replies at once and with
+        # a crew's concurrent agents), even on a separate vocabulary-only model. Re-entrant, as
+        # a stream counts its prompt's tokens.
+        self._generate_lock = threading.RLock()
 
     def _model(self) -> Any:
         with self._load_lock:
@@ -43,7 +46,9 @@ class LocalProvider:
             return self._llm
 
     def count_tokens(self, text: str) -> int:
-        return len(self._model().tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        model = self._model()
+        with self._generate_lock:
+            return len(model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def stream(
         self, *, messages: ChatMessages, max_tokens: int, completion: Completion
