@@ -137,6 +137,7 @@ class ProviderLLM(BaseLLM):
     threadline_provider: Any = Field(default=None, exclude=True)
     hooks: Any = Field(default=None, exclude=True)
     output_tokens: int = 256
+    context_window: int = 2048
     streams_answer: bool = False
 
     def call(
@@ -153,7 +154,7 @@ class ProviderLLM(BaseLLM):
         reason = hooks.should_stop() or hooks.before_call(self.agent_name)
         if reason:
             raise CrewStopped(reason)
-        chat = _as_chat(messages)
+        chat = self._fit(_as_chat(messages))
         completion = Completion()
         answer = AnswerFilter() if self.streams_answer else None
         parts: list[str] = []
@@ -202,7 +203,28 @@ class ProviderLLM(BaseLLM):
         return True
 
     def get_context_window_size(self) -> int:
-        return 8192
+        return self.context_window
+
+    def _fit(self, chat: ChatMessages) -> ChatMessages:
+        """Shorten the prompt until it fits the model's window with room for the answer. The
+        money check before each call assumes no prompt is longer than that; CrewAI's growing
+        scratchpad (tool results) would otherwise outgrow it. The longest message is cut first,
+        keeping its start (the instructions) and its end (the latest step)."""
+        budget = max(self.context_window - self.output_tokens, 64)
+        count = self.threadline_provider.count_tokens
+
+        def size() -> int:
+            return sum(count(m["content"]) + 4 for m in chat)
+
+        while (total := size()) > budget:
+            longest = max(chat, key=lambda m: len(m["content"]))
+            text = longest["content"]
+            if len(text) < 80:
+                break
+            keep = max(int(len(text) * min(budget / total, 0.8)) - 20, 20)
+            head, tail = keep * 2 // 3, keep // 3
+            longest["content"] = text[:head] + "\n[…]\n" + text[len(text) - tail :]
+        return chat
 
 
 def _as_chat(messages: Any) -> ChatMessages:

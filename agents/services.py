@@ -656,7 +656,6 @@ def _finish(
 # --- the crew ----------------------------------------------------------------------------------
 
 CREW_WAIT_SECONDS = 1.0
-_crew_slots_made: set[int] = set()
 
 
 def _crew_slot_take(run: AgentRun) -> bool:
@@ -664,11 +663,12 @@ def _crew_slot_take(run: AgentRun) -> bool:
     free when nobody holds it, its run has ended, or its run's worker went silent. Call inside
     the claiming transaction."""
     limit = settings.CREW_MAX_CONCURRENCY
-    if limit not in _crew_slots_made:
+    if CrewSlot.objects.filter(number__lt=limit).count() < limit:
+        # Made on demand (and again if an operator deleted them), never remembered in the
+        # process: the rows themselves are the truth.
         CrewSlot.objects.bulk_create(
             [CrewSlot(number=n) for n in range(limit)], ignore_conflicts=True
         )
-        _crew_slots_made.add(limit)
     if CrewSlot.objects.filter(run=run, number__lt=limit).exists():
         return True  # a re-run of a run that still holds its slot
     stale_before = timezone.now() - timedelta(seconds=settings.RUN_STALE_SECONDS)
@@ -921,6 +921,7 @@ def _crew_execute(*, run: AgentRun, stream: _Stream, provider: Any, started: flo
             threadline_provider=provider,
             hooks=hooks,
             output_tokens=run.model.max_output_tokens,
+            context_window=run.model.context_window,
             streams_answer=streams_answer,
         )
 

@@ -201,7 +201,8 @@ def test_stop_mid_stream_keeps_the_partial_text_and_charges_only_what_was_produc
 
 
 def test_stop_is_for_the_asker_the_owner_or_an_admin(cast, scripted_llm, monkeypatch):
-    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: None)  # leave the run queued
+    # Leave the run queued.
+    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: None)
     response = _ask(cast, user=cast.bob)
     ai_id = response.json()["reply"]["messageId"]
     missing = cast.client(cast.charlie).post("/api/v1/messages/msg_nope/stop/")
