@@ -88,6 +88,8 @@ class CrewHooks:
     should_stop: Callable[[], str | None]
     # Checked before every model call: None to go on, or why the crew must stop (budget).
     before_call: Callable[[str], str | None] = lambda agent: None
+    # Told when a model call starts (True) and ends (False), so stop can cut a silent model.
+    track: Callable[[Completion, bool], None] = lambda completion, active: None
 
 
 @dataclass
@@ -159,6 +161,7 @@ class ProviderLLM(BaseLLM):
         answer = AnswerFilter() if self.streams_answer else None
         parts: list[str] = []
         pieces = self._generate(chat, completion)
+        hooks.track(completion, True)
         try:
             for piece in pieces:
                 parts.append(piece)
@@ -167,6 +170,7 @@ class ProviderLLM(BaseLLM):
                 if reason := hooks.should_stop():
                     raise CrewStopped(reason)
         finally:
+            hooks.track(completion, False)
             close = getattr(pieces, "close", None)
             if close is not None:
                 close()

@@ -277,6 +277,10 @@ class _Stream:
     """The reply as it grows, and what has been sent and saved of it."""
 
     run: AgentRun
+    # The model call in progress (its `abort` cuts a stalled stream when stop is pressed);
+    # a crew has several, by id.
+    completion: Completion | None = None
+    crew_calls: dict[int, Completion] = field(default_factory=dict)
     parts: list[str] = field(default_factory=list)
     written: int = 0  # characters appended, by the thread reading the model
     sent: int = 0  # characters announced in deltas
@@ -347,6 +351,7 @@ def run_execute(*, run_id: str) -> None:
         return
     stream = _Stream(run=run, seq=run.thread.last_event_seq)
     completion = Completion()
+    stream.completion = completion
     status, error = AgentRun.Status.COMPLETE, ""
     started = time.monotonic()
     provider = get_provider(run.model)
@@ -455,12 +460,17 @@ def _pump(stream: _Stream, pieces: Any, started: float) -> bool:
     pacer = _Pacer(stream, window=window)
     pacer.start()
     try:
-        for piece in pieces:
-            _append(stream, pacer, window, piece)
+        try:
+            for piece in pieces:
+                _append(stream, pacer, window, piece)
+                if pacer.cancelled.is_set():
+                    return True
+                if time.monotonic() - started > settings.RUN_TIME_LIMIT_SECONDS:
+                    raise LLMError("The reply took too long and was stopped.")
+        except Exception:
             if pacer.cancelled.is_set():
-                return True
-            if time.monotonic() - started > settings.RUN_TIME_LIMIT_SECONDS:
-                raise LLMError("The reply took too long and was stopped.")
+                return True  # the pacer cut the stream because stop was pressed
+            raise
         return pacer.cancelled.is_set()
     finally:
         close = getattr(pieces, "close", None)
@@ -499,6 +509,18 @@ class _Pacer(threading.Thread):
         self.cancelled = threading.Event()
         self._done = False
 
+    def _abort_model(self) -> None:
+        """Cut the model's stream if it is stalled: the reading thread then sees stop at once
+        instead of when the provider times out."""
+        with self.stream.lock:
+            calls = [self.stream.completion, *self.stream.crew_calls.values()]
+        for completion in calls:
+            if completion is not None and completion.abort is not None:
+                try:
+                    completion.abort()
+                except Exception:
+                    logger.exception("run %s: could not cut a model stream", self.stream.run.pk)
+
     def stop(self) -> None:
         self._done = True
         self.wake.set()
@@ -530,8 +552,9 @@ class _Pacer(threading.Thread):
                         _flush(self.stream)
                     if now >= next_save:
                         next_save = now + save_every
-                        if _save_progress(self.stream):
+                        if _save_progress(self.stream) and not self.cancelled.is_set():
                             self.cancelled.set()
+                            self._abort_model()
                 except Exception:
                     # A busy database or a lost Redis connection for a moment must not end
                     # the pulse of the reply; the next round tries again.
@@ -899,8 +922,20 @@ def _crew_execute(*, run: AgentRun, stream: _Stream, provider: Any, started: flo
     def text(piece: str) -> None:
         _append(stream, pacer, window, piece)
 
+    def track(completion: Completion, active: bool) -> None:
+        with stream.lock:
+            if active:
+                stream.crew_calls[id(completion)] = completion
+            else:
+                stream.crew_calls.pop(id(completion), None)
+
     hooks = crew.CrewHooks(
-        step=step, text=text, usage=ledger.add, should_stop=should_stop, before_call=before_call
+        step=step,
+        text=text,
+        usage=ledger.add,
+        should_stop=should_stop,
+        before_call=before_call,
+        track=track,
     )
     gateway_token = cache.get(_gateway_token_key(run.pk)) if settings.GATEWAY_URL else None
     tool_context = ToolContext(

@@ -43,6 +43,9 @@ class Completion:
 
     usage: Usage = field(default_factory=Usage)
     cost: Decimal | None = None
+    # Set by a provider whose stream can block: cuts the stream from another thread, so a stop
+    # pressed while the model is silent ends the reply now, not at the provider's timeout.
+    abort: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ class OpenAICompatibleProvider:
                 retryable=exc.status_code >= 500 or exc.status_code == 429,
             ) from exc
         completion.usage.prompt_tokens = sum(estimate_tokens(m["content"]) + 4 for m in messages)
+        # Closing the response from the pacer thread breaks a read that waits on a silent model.
+        completion.abort = response.close
         try:
             for chunk in response:
                 if getattr(chunk, "usage", None):

@@ -3,10 +3,11 @@ deployment's crew cap, the money limit, usage per agent and tool, and which mode
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from django.conf import settings
@@ -15,11 +16,12 @@ from django.test import Client, override_settings
 from django.utils import timezone
 
 from agents import services
+from agents.llm import LLMError
 from agents.models import Account, AgentMode, AgentRun, AIModel, Artifact, CrewSlot, LedgerEntry
 from messaging.models import Message, ThreadEvent
 from tests.agents import crew_support
 from tests.agents.crew_support import ask_crew, bare_run, priced_model
-from tests.agents.scripted_crew_llm import CrewScript, final, tool_call
+from tests.agents.scripted_crew_llm import CrewScript, ScriptedCrewLLM, final, tool_call
 from tests.conftest import Cast
 from tests.factories import ThreadFactory
 from tests.helpers import IS_POSTGRES, post, upload
@@ -448,3 +450,50 @@ def test_a_threads_mode_picks_the_crew_for_the_bundled_model(
     assert run.status == AgentRun.Status.COMPLETE, run.error
     assert run.message.text.startswith("Crewed.")
     assert ThreadEvent.objects.filter(thread=cast.thread, type="chatAgentStep").exists()
+
+
+class _SilentAfterFirstWord(ScriptedCrewLLM):
+    """The scripted crew model (a test double) whose writer says one word and then hangs until
+    its stream is cut through `completion.abort`, like a stalled server."""
+
+    cuts: ClassVar[list[threading.Event]] = []
+
+    def _generate(self, chat: Any, completion: Any) -> Any:
+        if self.agent_name != "writer":
+            return super()._generate(chat, completion)
+        cut = threading.Event()
+        type(self).cuts.append(cut)
+        completion.abort = cut.set
+        script = type(self).script
+
+        def pieces() -> Any:
+            yield "Partial"
+            if script.before_call is not None:
+                script.before_call("writer-stalled")
+            if not cut.wait(30):
+                yield " (never cut)"
+            raise LLMError("The AI service's answer broke off.")
+
+        return pieces()
+
+
+def test_stop_cuts_a_crew_model_that_went_silent(
+    cast: Cast, crew_script: CrewScript, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agents.crew.ProviderLLM", _SilentAfterFirstWord)
+    monkeypatch.setattr(_SilentAfterFirstWord, "cuts", [])
+    crew_script.replies = {"planner": ["SPECIALISTS: researcher"], "researcher": [final("ok")]}
+
+    def press_stop(agent: str) -> None:
+        if agent == "writer-stalled":
+            run = AgentRun.objects.select_related("message").get(mode="crew")
+            services.run_stop(message=run.message, actor=cast.alice)
+
+    crew_script.before_call = press_stop
+    response = ask_crew(cast, "What did we say?")
+    assert response.status_code == 201, response.content
+    run = AgentRun.objects.get(pk=response.json()["reply"]["runId"])
+    assert run.status == AgentRun.Status.CANCELLED
+    # Cut by the worker when it saw the stop, not released by the double's own 30 s wait.
+    assert [cut.is_set() for cut in _SilentAfterFirstWord.cuts] == [True]
+    assert "never cut" not in run.message.text

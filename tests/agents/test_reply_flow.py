@@ -336,3 +336,54 @@ def test_older_turns_are_folded_into_a_summary_the_model_then_reads(
 
     outsider = cast.client(cast.charlie).get(f"/api/v1/threads/{cast.thread.pk}/summary/")
     assert outsider.status_code == 404
+
+
+class _StallingProvider:
+    """A TEST DOUBLE model that writes one word and then goes silent until its stream is cut
+    (`completion.abort`), as a hung OpenAI-compatible server would."""
+
+    def __init__(self, on_stall):
+        self.on_stall = on_stall
+        self.cut = threading.Event()
+
+    def count_tokens(self, text):
+        return max(1, len(text.split()))
+
+    def stream(self, *, messages, max_tokens, completion):
+        completion.abort = self.cut.set
+
+        def pieces():
+            yield "Hello"
+            self.on_stall()
+            if not self.cut.wait(30):
+                yield " (never cut)"
+            raise LLMError("The AI service's answer broke off.")
+
+        return pieces()
+
+
+def test_stop_cuts_a_model_that_went_silent(cast, monkeypatch):
+    holder = {}
+
+    def press_stop():
+        message = Message.objects.get(pk=holder["message_id"])
+        services.run_stop(message=message, actor=cast.alice)
+
+    provider = _StallingProvider(press_stop)
+    monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
+    original = services._claim
+
+    def claim(run_id):
+        run = original(run_id)
+        if run is not None and not isinstance(run, services._Wait):
+            holder["message_id"] = run.message_id
+        return run
+
+    monkeypatch.setattr(services, "_claim", claim)
+    response = _ask(cast)
+    assert response.status_code == 201, response.content
+    run = AgentRun.objects.get(pk=response.json()["reply"]["runId"])
+    assert provider.cut.is_set()
+    assert run.status == AgentRun.Status.CANCELLED
+    # Cut by the pacer when it saw the stop, not released by the double's own 30 s wait.
+    assert run.message.text == "Hello"
