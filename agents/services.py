@@ -882,7 +882,6 @@ def _crew_execute(*, run: AgentRun, stream: _Stream, provider: Any, started: flo
     window = settings.STREAM_FLUSH_MS / 1000
     pacer = _Pacer(stream, window=window)
     artifacts: list[dict[str, Any]] = []
-    stop_reason: list[str] = []
 
     def own_connection_closed() -> None:
         if threading.get_ident() != owner:
@@ -988,7 +987,6 @@ def _crew_execute(*, run: AgentRun, stream: _Stream, provider: Any, started: flo
             status = AgentRun.Status.CANCELLED
         elif reason:
             status, error = AgentRun.Status.FAILED, reason
-            stop_reason.append(reason)
         elif isinstance(exc, LLMError):
             status, error = AgentRun.Status.FAILED, exc.message
         else:
@@ -996,6 +994,8 @@ def _crew_execute(*, run: AgentRun, stream: _Stream, provider: Any, started: flo
             status, error = AgentRun.Status.FAILED, "The crew failed because of an internal error."
     finally:
         pacer.stop()
+    if status == AgentRun.Status.COMPLETE and pacer.cancelled.is_set():
+        status = AgentRun.Status.CANCELLED  # stop pressed as the writer finished
     if result is not None:
         _answer_settle(stream, result.answer)
     sources = list(tool_context.sources.values())
