@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import FileResponse, HttpResponseBase, HttpResponseRedirect
+from django.http import HttpResponseBase
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -13,7 +13,7 @@ from agents.models import ThreadSummary
 from agents.selectors import access_artifact, artifact_list, models_for_user
 from agents.wire import artifact_json
 from chatproject.api import request_user
-from messaging.storage import download_url
+from messaging.storage import download_response
 from threads.permissions import Perm
 from threads.selectors import access_thread
 from threads.wire import iso
@@ -111,22 +111,12 @@ class ArtifactContentApi(APIView):
     )
     def get(self, request: Request, artifact_id: str) -> HttpResponseBase:
         artifact = access_artifact(user=request_user(request), artifact_id=artifact_id)
-        filename = _artifact_filename(artifact.title, artifact.content_type)
-        url = download_url(artifact.content, filename=filename, content_type=artifact.content_type)
-        if url is not None:
-            redirect = HttpResponseRedirect(url)
-            redirect["Cache-Control"] = "private, no-store"
-            return redirect
-        response = FileResponse(
-            artifact.content.open("rb"),
-            as_attachment=artifact.content_type not in _INLINE_TYPES,
-            filename=filename,
+        return download_response(
+            artifact.content,
+            filename=_artifact_filename(artifact.title, artifact.content_type),
             content_type=artifact.content_type,
+            inline=artifact.content_type in _INLINE_TYPES,
         )
-        # A model wrote this: it never runs as a page of our origin, whatever its type.
-        response["Content-Security-Policy"] = "sandbox; default-src 'none'"
-        response["X-Content-Type-Options"] = "nosniff"
-        return response
 
 
 _EXTENSIONS = {

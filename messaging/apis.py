@@ -7,7 +7,6 @@ from typing import Any
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import MemoryFileUploadHandler, TemporaryFileUploadHandler
 from django.db import transaction
-from django.http import FileResponse, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -23,7 +22,7 @@ from chatproject.api import StrictInputSerializer, bearer_token, query_int, requ
 from messaging import selectors, services
 from messaging.events import EVENT_DOCS
 from messaging.models import File, Message
-from messaging.storage import download_url
+from messaging.storage import download_response
 from messaging.uploads import SizeLimitUploadHandler, too_large, upload_request_limit_bytes
 from messaging.wire import message_json
 from threads.errors import Invalid
@@ -319,23 +318,7 @@ class FileContentApi(APIView):
     )
     def get(self, request: Request, file_id: str) -> HttpResponseBase:
         file = selectors.access_file(user=request_user(request), file_id=file_id)
-        url = download_url(file.content, filename=file.name, content_type=file.content_type)
-        if url is not None:
-            # Object storage: the client fetches the bytes from the bucket, not through us.
-            redirect = HttpResponseRedirect(url)
-            # The URL is a short-lived credential for this user: no cache may keep or share it.
-            redirect["Cache-Control"] = "private, no-store"
-            return redirect
-        response = FileResponse(
-            file.content.open("rb"),
-            as_attachment=True,
-            filename=file.name,
-            content_type=file.content_type,
-        )
-        # Even a file that is really HTML or SVG must never run in our origin.
-        response["Content-Security-Policy"] = "sandbox; default-src 'none'"
-        response["X-Content-Type-Options"] = "nosniff"
-        return response
+        return download_response(file.content, filename=file.name, content_type=file.content_type)
 
 
 class MessageHitOutput(serializers.Serializer):
