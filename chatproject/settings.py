@@ -168,7 +168,9 @@ MIDDLEWARE = [
 ROOT_URLCONF = "chatproject.urls"
 ASGI_APPLICATION = "chatproject.asgi.application"
 AUTH_USER_MODEL = "threads.User"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
 
 TEMPLATES = [
     {
@@ -265,6 +267,8 @@ MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 MEDIA_URL = "/media/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_URL = "/static/"
+# The web UI's own assets, vendored libraries included (nothing loads from a CDN).
+STATICFILES_DIRS = [BASE_DIR / "static"]
 
 # Presigned download URLs are credentials: they live at most five minutes.
 PRESIGNED_URL_MAX_SECONDS = 300

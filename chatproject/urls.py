@@ -1,9 +1,9 @@
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import URLPattern, URLResolver, include, path
-from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from chatproject import web
 from messaging.compat import aiatwork
 
 handler404 = "chatproject.api.json_404"
@@ -24,7 +24,9 @@ api_v1: list[URLPattern | URLResolver] = [
 ]
 
 urlpatterns = [
-    path("", TemplateView.as_view(template_name="index.html"), name="home"),
+    path("", web.app, name="home"),
+    path("login/", web.login, name="login"),
+    path("logout/", web.logout, name="logout"),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),

@@ -219,6 +219,28 @@ class ThreadDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+class ThreadReadApi(APIView):
+    class InputSerializer(StrictInputSerializer):
+        seq = serializers.IntegerField(
+            required=False, min_value=0, help_text="The newest message seq seen; default: all."
+        )
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: dict},
+        summary="Mark a thread read up to a message seq (drives unread markers)",
+    )
+    def post(self, request: Request, thread_id: str) -> Response:
+        user = request_user(request)
+        thread = selectors.access_thread(user=user, thread_id=thread_id, perm=Perm.THREAD_VIEW)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        mark = services.membership_mark_read(
+            thread=thread, user=user, seq=serializer.validated_data.get("seq")
+        )
+        return Response({"threadId": thread.pk, "lastReadSeq": mark})
+
+
 class ThreadMembersApi(APIView):
     class InputSerializer(StrictInputSerializer):
         userIds = serializers.ListField(

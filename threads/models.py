@@ -133,6 +133,9 @@ class ThreadMembership(models.Model):
     )
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
     joined_at = models.DateTimeField(auto_now_add=True)
+    # The newest message seq this member has seen: the thread is unread while
+    # thread.last_message_seq is above it.
+    last_read_seq = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [

@@ -281,6 +281,17 @@ def membership_remove(*, thread: Thread, actor: User, user_id: str) -> None:
         membership.delete()
 
 
+def membership_mark_read(*, thread: Thread, user: User, seq: int | None = None) -> int:
+    """Record that `user` has seen the thread's messages up to `seq` (default: all of them).
+    The mark only moves forward and never past the newest message, so a stale tab cannot
+    un-read what another tab read. Returns the member's mark; 0 for a non-member (an admin)."""
+    target = thread.last_message_seq if seq is None else min(seq, thread.last_message_seq)
+    memberships = ThreadMembership.objects.filter(thread=thread, user=user)
+    memberships.filter(last_read_seq__lt=target).update(last_read_seq=target)
+    mark = memberships.values_list("last_read_seq", flat=True).first()
+    return int(mark or 0)
+
+
 def require_owner(*, thread: Thread, actor: User) -> None:
     if actor.is_admin:
         return

@@ -9,6 +9,7 @@ urlpatterns = [
     path(
         "threads/<str:thread_id>/members/", apis.ThreadMembersApi.as_view(), name="thread-members"
     ),
+    path("threads/<str:thread_id>/read/", apis.ThreadReadApi.as_view(), name="thread-read"),
     path(
         "threads/<str:thread_id>/members/<str:user_id>/",
         apis.ThreadMemberDetailApi.as_view(),

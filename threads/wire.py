@@ -23,6 +23,7 @@ def member_json(membership: ThreadMembership) -> dict[str, Any]:
         "username": membership.user.username,
         "role": membership.role,
         "joinedAt": iso(membership.joined_at),
+        "lastReadSeq": membership.last_read_seq,
     }
 
 

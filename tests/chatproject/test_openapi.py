@@ -11,6 +11,7 @@ from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from tests.conftest import Cast
+from tests.factories import UserFactory
 from tests.helpers import API, drain
 
 pytestmark = pytest.mark.django_db
@@ -82,8 +83,14 @@ def test_docs_assets_are_served_locally(cast: Cast) -> None:
         assert response.body
 
 
-def test_the_home_page_uses_no_cdn(db: None) -> None:
-    response = APIClient().get("/")
+@pytest.mark.parametrize("page", ["/", "/login/"])
+def test_the_web_pages_use_no_cdn(page: str, db: None) -> None:
+    client = APIClient()
+    client.force_login(UserFactory.create())
+    response = client.get(page)
+    assert response.status_code in {200, 302}
+    if response.status_code == 302:  # the login page sends a signed-in user to the app
+        response = client.get(response["Location"])
     assert response.status_code == 200
     html = response.content.decode().lower()
     assert not re.search(r"""(?:src|href)=["']https?://""", html)

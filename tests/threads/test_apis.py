@@ -244,7 +244,7 @@ def test_members_list_shape(cast: Cast) -> None:
     body = cast.client(cast.bob).get(f"{API}/threads/{cast.thread.pk}/members/").json()
     assert set(body) == {"members"}
     assert [set(member) for member in body["members"]] == [
-        {"userId", "username", "role", "joinedAt"}
+        {"userId", "username", "role", "joinedAt", "lastReadSeq"}
     ] * 2
 
 

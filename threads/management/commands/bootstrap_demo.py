@@ -33,7 +33,7 @@ class Command(BaseCommand):
         lines = [
             "",
             f"Threadline is starting on {url}",
-            f"  log in:   {url}/admin/  as {username!r}"
+            f"  log in:   {url}/  as {username!r}"
             + (f" with password {shown_password!r}" if shown_password else " (your own password)"),
             f"  API docs: {url}/api/v1/docs/",
             f"  token:    {token}",
