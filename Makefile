@@ -47,6 +47,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/history.py
 	$(BIN)/python bench/post.py
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/page_weight.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

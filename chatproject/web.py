@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -36,8 +36,8 @@ UI_CSP = "; ".join(
 )
 
 
-def with_csp(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+def with_csp(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         response = view(request, *args, **kwargs)
         response["Content-Security-Policy"] = UI_CSP
         response["Referrer-Policy"] = "same-origin"

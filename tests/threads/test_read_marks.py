@@ -43,9 +43,12 @@ def test_without_a_seq_everything_is_read_and_the_mark_never_moves_back(cast: Ca
     _post(cast, "one")
     last = _post(cast, "two")
     client = cast.client(cast.bob)
-    assert client.post(f"{API}/threads/{cast.thread.pk}/read/", {}, format="json").json()[
-        "lastReadSeq"
-    ] == last
+    assert (
+        client.post(f"{API}/threads/{cast.thread.pk}/read/", {}, format="json").json()[
+            "lastReadSeq"
+        ]
+        == last
+    )
     # A stale tab reporting an older position does not un-read anything.
     older = client.post(f"{API}/threads/{cast.thread.pk}/read/", {"seq": 1}, format="json")
     assert older.json()["lastReadSeq"] == last
@@ -63,7 +66,9 @@ def test_bad_input_and_outsiders(cast: Cast) -> None:
     assert_error(client.post(url, {"seq": "x"}, format="json"), 400, "invalid")
     assert_error(client.post(url, {"seq": 1, "extra": 1}, format="json"), 400, "invalid")
     outsider = cast.client(cast.charlie).post(url, {}, format="json")
-    missing = cast.client(cast.charlie).post(f"{API}/threads/{MISSING_THREAD}/read/", {}, format="json")
+    missing = cast.client(cast.charlie).post(
+        f"{API}/threads/{MISSING_THREAD}/read/", {}, format="json"
+    )
     assert_error(outsider, 404, "not_found")
     assert outsider.content == missing.content
     assert_error(cast.client(None).post(url, {}, format="json"), 401, "not_authenticated")
@@ -71,7 +76,9 @@ def test_bad_input_and_outsiders(cast: Cast) -> None:
 
 def test_an_admin_who_is_not_a_member_gets_a_zero_mark(cast: Cast) -> None:
     _post(cast, "one")
-    response = cast.client(cast.admin).post(f"{API}/threads/{cast.thread.pk}/read/", {}, format="json")
+    response = cast.client(cast.admin).post(
+        f"{API}/threads/{cast.thread.pk}/read/", {}, format="json"
+    )
     assert response.status_code == 200
     assert response.json()["lastReadSeq"] == 0
     assert not ThreadMembership.objects.filter(thread=cast.thread, user=cast.admin).exists()

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('threads', '0005_crew'),
+        ("threads", "0005_crew"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='threadmembership',
-            name='last_read_seq',
+            model_name="threadmembership",
+            name="last_read_seq",
             field=models.BigIntegerField(default=0),
         ),
     ]
