@@ -874,6 +874,7 @@
       const { reply, ...message } = await api("POST", `threads/${encodeURIComponent(thread.id)}/messages/`, body);
       upsertMessage(message);
       if (reply && !state.messages.has(reply.messageId)) fetchMessage(reply.messageId);
+      markRead(); // what you wrote yourself is not news to you
     } catch (error) {
       removeMessage(body.id);
       composerText.value = text;
