@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +29,18 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium"))
+
+
+def _chromium() -> Path:
+    """Debian's chromium: E2E_CHROMIUM if set, else /usr/bin/chromium, else on PATH."""
+    if named := os.environ.get("E2E_CHROMIUM"):
+        return Path(named)
+    default = Path("/usr/bin/chromium")
+    found = shutil.which("chromium")
+    return default if default.exists() or found is None else Path(found)
+
+
+CHROMIUM = _chromium()
 SCREENSHOTS = REPO / "docs" / "screenshots"
 # Migrations, collectstatic and importing CrewAI come before the first /healthz answer.
 START_TIMEOUT = 90.0
