@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from playwright.sync_api import Browser, Page, WebSocketRoute, expect
+from playwright.sync_api import Browser, FilePayload, Page, WebSocketRoute, expect
 
 from tests.e2e.conftest import Api, E2EServer, login, new_context_as, shot
 
@@ -51,9 +51,11 @@ def record_text_of(page: Page, selector: str) -> None:
             const note = () => {
                 const node = document.querySelector(selector);
                 const text = node ? node.textContent : null;
-                if (text && window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
+                const last = window.__seen[window.__seen.length - 1];
+                if (text && last !== text) window.__seen.push(text);
             };
-            new MutationObserver(note).observe(document.body, {subtree: true, childList: true, characterData: true});
+            new MutationObserver(note).observe(
+                document.body, {subtree: true, childList: true, characterData: true});
         }""",
         selector,
     )
@@ -220,7 +222,7 @@ def test_a_csv_upload_becomes_a_chart_and_a_table(
     open_thread(page, thread["id"])
     page.get_by_test_id("model-picker").select_option(e2e_server.models["e2e-crew"])
     page.get_by_test_id("file-input").set_input_files(
-        files=[{"name": "sales.csv", "mimeType": "text/csv", "buffer": SALES_CSV}]
+        files=[FilePayload(name="sales.csv", mimeType="text/csv", buffer=SALES_CSV)]
     )
     pending = page.get_by_test_id("pending-file")
     expect(pending).to_contain_text("sales.csv")
@@ -247,11 +249,11 @@ def test_a_csv_upload_becomes_a_chart_and_a_table(
     expect(table.get_by_test_id("artifact-download")).to_have_text("Download CSV")
     with page.expect_download() as download_info:
         table.get_by_test_id("artifact-download").click()
-    csv_text = open(download_info.value.path(), encoding="utf-8").read()  # noqa: PTH123
+    csv_text = download_info.value.path().read_text(encoding="utf-8")
     assert csv_text.splitlines()[0].startswith("region,")
     with page.expect_download() as attachment:
         question.get_by_test_id("attachment").click()
-    assert open(attachment.value.path(), "rb").read() == SALES_CSV  # noqa: PTH123
+    assert attachment.value.path().read_bytes() == SALES_CSV
     reply.scroll_into_view_if_needed()
     shot(page, "artifacts")
 
@@ -262,10 +264,12 @@ def test_a_file_over_the_limit_is_refused_with_a_clear_message(
     thread = api("alice").thread_create("Big file")
     sign_in(page, e2e_server)
     open_thread(page, thread["id"])
-    limit_mb = page.evaluate("JSON.parse(document.getElementById('tl-config').textContent).maxFileMb")
+    limit_mb = page.evaluate(
+        "JSON.parse(document.getElementById('tl-config').textContent).maxFileMb"
+    )
     too_big = b"x" * (limit_mb * 1024 * 1024 + 1)
     page.get_by_test_id("file-input").set_input_files(
-        files=[{"name": "huge.txt", "mimeType": "text/plain", "buffer": too_big}]
+        files=[FilePayload(name="huge.txt", mimeType="text/plain", buffer=too_big)]
     )
     expect(page.get_by_test_id("pending-file")).to_contain_text(f"limited to {limit_mb} MB")
     # Removing it lets the message go without it.
@@ -285,7 +289,8 @@ def test_drag_and_drop_attaches_a_file(
             data.items.add(new File(["a,b\\n1,2\\n"], "dropped.csv", {type: "text/csv"}));
             const target = document.getElementById("thread");
             target.dispatchEvent(new DragEvent("dragenter", {dataTransfer: data, bubbles: true}));
-            target.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));
+            const drop = {dataTransfer: data, bubbles: true, cancelable: true};
+            target.dispatchEvent(new DragEvent("drop", drop));
         }"""
     )
     expect(page.get_by_test_id("pending-file")).to_contain_text("dropped.csv")
@@ -313,7 +318,9 @@ def test_unread_markers_search_topics_and_paging_up(
     sign_in(page, e2e_server, "bob")
     item = page.locator(f'[data-thread-id="{busy["id"]}"]')
     expect(item.get_by_test_id("unread")).to_be_visible()
-    expect(page.locator(f'[data-thread-id="{quiet["id"]}"]').get_by_test_id("unread")).to_have_count(0)
+    expect(
+        page.locator(f'[data-thread-id="{quiet["id"]}"]').get_by_test_id("unread")
+    ).to_have_count(0)
 
     # Topic filter.
     page.get_by_test_id("topic-filter").select_option(topic["id"])
@@ -340,7 +347,9 @@ def test_unread_markers_search_topics_and_paging_up(
     alice_in_quiet = bob.ok("POST", f"/threads/{quiet['id']}/members/", json={"userIds": ["alice"]})
     assert alice_in_quiet
     alice.message_post(quiet["id"], "ping from alice")
-    expect(page.locator(f'[data-thread-id="{quiet["id"]}"]').get_by_test_id("unread")).to_be_visible()
+    expect(
+        page.locator(f'[data-thread-id="{quiet["id"]}"]').get_by_test_id("unread")
+    ).to_be_visible()
 
     # Search finds a message; its hit opens the thread at that message.
     page.get_by_test_id("search").fill("zebra7")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from playwright.sync_api import Browser, Page, Request, expect
+from playwright.sync_api import Browser, Dialog, Page, Request, expect
 
-from tests.e2e.conftest import Api, E2EServer, new_context_as
+from tests.e2e.conftest import Api, E2EServer, login, new_context_as
 from tests.e2e.server import ECHO, TOOL_XSS
 from tests.e2e.test_ui import ai_messages, messages, open_thread, wait_until
 from tests.e2e.xss_payloads import PAYLOADS
@@ -64,8 +64,13 @@ def test_payloads_are_shown_as_text_and_never_run(
     assert titled
     for payload in PAYLOADS:
         alice.message_post(thread["id"], payload, reply=False)
-    files = [alice.file_upload(f"{payload[:80]}.txt", b"hello", "text/plain") for payload in PAYLOADS[:10]]
-    alice.message_post(thread["id"], "files with odd names", fileIds=[f["id"] for f in files], reply=False)
+    files = [
+        alice.file_upload(f"{payload[:80]}.txt", b"hello", "text/plain")
+        for payload in PAYLOADS[:10]
+    ]
+    alice.message_post(
+        thread["id"], "files with odd names", fileIds=[f["id"] for f in files], reply=False
+    )
     # The model's own output: the scripted model echoes payloads back as its reply.
     echoes = [
         alice.message_post(thread["id"], ECHO + payload, reply=True)["reply"]["messageId"]
@@ -90,7 +95,12 @@ def test_payloads_are_shown_as_text_and_never_run(
     context, page = new_context_as(browser, e2e_server, "bob", bypass_csp=True)
     dialogs: list[str] = []
     beacons: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def dismiss(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
 
     def watch(request: Request) -> None:
         if "xss-beacon" in request.url or request.url.startswith(("javascript:", "vbscript:")):
@@ -129,7 +139,11 @@ def test_payloads_are_shown_as_text_and_never_run(
 
         # And they are there, as text: a few that would have vanished as markup.
         body = page.locator("#messages").inner_text()
-        for visible in ("<script>alert(1)</script>", "<img src=x onerror=alert(2)>", "<svg onload=alert(4)>"):
+        for visible in (
+            "<script>alert(1)</script>",
+            "<img src=x onerror=alert(2)>",
+            "<svg onload=alert(4)>",
+        ):
             assert visible in body, visible
         expect(page.get_by_test_id("thread-title")).to_have_text(PAYLOADS[0])
         titles = page.get_by_test_id("thread-list").inner_text()
@@ -148,11 +162,14 @@ def test_the_page_csp_blocks_inline_script_even_if_markup_got_in(
     """Defence in depth: with the CSP on, even markup written straight into the page by
     the test cannot run inline code."""
     user = e2e_server.users["alice"]
-    from tests.e2e.conftest import login
-
     login(page, e2e_server.url, user.username, user.password)
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def dismiss(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
     page.evaluate(
         """() => {
             const box = document.createElement("div");
