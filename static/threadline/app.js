@@ -482,7 +482,10 @@
     const topics = thread.topicIds.map((id) => topicNames.get(id) || id).join(", ");
     $("thread-meta").textContent = `Members: ${names}` + (topics ? ` · Topics: ${topics}` : "");
     const mine = myMembership(thread);
-    $("delete-thread").hidden = !((mine && mine.role === "owner") || state.me.isAdmin);
+    const owns = (mine && mine.role === "owner") || state.me.isAdmin;
+    $("delete-thread").hidden = !owns;
+    $("add-member").hidden = !owns;
+    $("leave-thread").hidden = !mine || mine.role === "owner";
     document.title = `${thread.title || "New chat"} · Threadline`;
   }
 
@@ -491,6 +494,31 @@
     if (!thread || !confirm(`Delete "${thread.title}" with all its messages and files?`)) return;
     try {
       await api("DELETE", `threads/${encodeURIComponent(thread.id)}/`);
+      closeThread(thread.id);
+    } catch (error) {
+      showError(error);
+    }
+  });
+
+  $("add-member").addEventListener("click", async () => {
+    const thread = state.current;
+    const names = (prompt("Add members (usernames, comma separated):") || "")
+      .split(",").map((s) => s.trim()).filter(Boolean);
+    if (!thread || !names.length) return;
+    try {
+      Object.assign(thread, await api("POST", `threads/${encodeURIComponent(thread.id)}/members/`, { userIds: names }));
+      renderThreadHead();
+    } catch (error) {
+      const fields = error.body && error.body.error && error.body.error.fields;
+      showError(fields && fields.userIds ? new Error(`Unknown users: ${[].concat(fields.userIds).join(", ")}`) : error);
+    }
+  });
+
+  $("leave-thread").addEventListener("click", async () => {
+    const thread = state.current;
+    if (!thread || !confirm(`Leave "${thread.title}"? You will no longer see it.`)) return;
+    try {
+      await api("DELETE", `threads/${encodeURIComponent(thread.id)}/members/${encodeURIComponent(state.me.id)}/`);
       closeThread(thread.id);
     } catch (error) {
       showError(error);

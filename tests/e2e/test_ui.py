@@ -471,3 +471,29 @@ def test_new_thread_dialog_by_keyboard(page: Page, e2e_server: E2EServer) -> Non
 def test_the_admin_link_is_for_staff_only(page: Page, e2e_server: E2EServer) -> None:
     sign_in(page, e2e_server)
     expect(page.get_by_role("link", name="Admin", exact=True)).to_have_count(0)
+
+
+def test_the_owner_adds_a_member_who_can_then_leave(
+    page: Page, browser: Browser, e2e_server: E2EServer, api: Callable[[str], Api]
+) -> None:
+    thread = api("alice").thread_create("Growing team")
+    sign_in(page, e2e_server)
+    open_thread(page, thread["id"])
+    page.once("dialog", lambda dialog: dialog.accept("nobody-here"))
+    page.get_by_test_id("add-member").click()
+    expect(page.get_by_test_id("composer-error")).to_contain_text("nobody-here")
+    page.once("dialog", lambda dialog: dialog.accept("bob"))
+    page.get_by_test_id("add-member").click()
+    expect(page.locator("#thread-meta")).to_contain_text("alice, bob")
+    expect(page.get_by_test_id("leave-thread")).to_be_hidden()  # owners delete instead
+
+    bob_context, bob = new_context_as(browser, e2e_server, "bob")
+    try:
+        open_thread(bob, thread["id"])
+        expect(bob.get_by_test_id("add-member")).to_be_hidden()
+        bob.once("dialog", lambda dialog: dialog.accept())
+        bob.get_by_test_id("leave-thread").click()
+        expect(bob.locator(f'[data-thread-id="{thread["id"]}"]')).to_have_count(0)
+        expect(page.locator("#thread-meta")).not_to_contain_text("bob")
+    finally:
+        bob_context.close()
