@@ -58,12 +58,14 @@
       options.body = JSON.stringify(body);
     }
     const response = await fetch(`/api/v1/${path}`, options);
-    if (response.status === 401 || response.status === 403 && response.url.includes("/login")) {
-      location.href = "/login/?next=/";
-      throw new ApiError(401, null);
-    }
     const text = await response.text();
     const data = text ? safeJson(text) : null;
+    const code = data && data.error && data.error.code;
+    if (response.status === 401 || code === "not_authenticated") {
+      // The session ended (signed out in another tab, or expired): sign in again.
+      location.href = "/login/?next=/";
+      throw new ApiError(401, data);
+    }
     if (!response.ok) throw new ApiError(response.status, data);
     return data;
   }
