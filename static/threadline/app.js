@@ -846,12 +846,24 @@
     } else if (artifact.kind === "summary") {
       const body = el("div", { class: "markdown" }, "Loading…");
       box.append(body);
-      fetch(artifact.contentUrl, { credentials: "same-origin" })
-        .then((r) => (r.ok ? r.text() : Promise.reject(new Error(r.statusText))))
+      summaryText(artifact)
         .then((text) => renderMarkdown(body, text))
         .catch(() => { body.textContent = "(could not load the summary)"; });
     }
     return box;
+  }
+
+  // A message is redrawn as its reply streams; its summaries are fetched once.
+  const summaries = new Map();
+  function summaryText(artifact) {
+    if (!summaries.has(artifact.id)) {
+      const text = fetch(artifact.contentUrl, { credentials: "same-origin" }).then((r) =>
+        r.ok ? r.text() : Promise.reject(new Error(r.statusText)),
+      );
+      text.catch(() => summaries.delete(artifact.id));
+      summaries.set(artifact.id, text);
+    }
+    return summaries.get(artifact.id);
   }
 
   function buildTable(columns, rows) {
@@ -1058,7 +1070,19 @@
   function flushRenders() {
     for (const id of dirty) {
       const message = state.messages.get(id);
-      if (message) renderMessage(message);
+      if (!message) continue;
+      const node = document.querySelector(`[data-message-id="${CSS.escape(id)}"]`);
+      const step = state.steps.get(id);
+      const stepLine = node && node.querySelector(".step");
+      if (node && node.dataset.status === message.status && !step === !stepLine) {
+        // Only the text or the step grew: redraw those, not the attachments and artifacts.
+        const stick = isNearBottom();
+        renderMarkdown(node.querySelector(".body"), message.text);
+        if (stepLine) stepLine.textContent = stepLabel(step);
+        if (stick) scrollToBottom();
+      } else {
+        renderMessage(message);
+      }
     }
     dirty.clear();
   }
