@@ -54,11 +54,18 @@ START_TIMEOUT = 90.0
 HAS_PLAYWRIGHT = importlib.util.find_spec("pytest_playwright") is not None
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the browser tests `e2e` and run them after every other test. Sync Playwright keeps
+    an event loop running on the main thread for the rest of the session, after which
+    pytest-asyncio and Django's async_to_sync fail ("Runner.run() cannot be called from a
+    running event loop"); trylast, so this order survives pytest-django's reordering."""
     here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.e2e)
+    browser_tests = [item for item in items if here in Path(str(item.fspath)).parents]
+    for item in browser_tests:
+        item.add_marker(pytest.mark.e2e)
+    chosen = set(browser_tests)
+    items[:] = [item for item in items if item not in chosen] + browser_tests
 
 
 def unavailable(reason: str) -> NoReturn:
