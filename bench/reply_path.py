@@ -106,7 +106,7 @@ def main() -> None:
     timed(agent_services, "_enqueue", "post: on commit, task published")
     timed(agent_services, "_claim", "worker: claim")
     timed(agent_services.context, "build", "worker: context.build")
-    agent_services.get_provider = lambda model: _Instant()  # type: ignore[assignment]
+    agent_services.get_provider = lambda model: _Instant()
 
     enqueued: list[str] = []
     real_enqueue = agent_services._enqueue
@@ -115,7 +115,7 @@ def main() -> None:
         enqueued.append(run_id)
         real_enqueue(run_id, **kw)
 
-    agent_services._enqueue = enqueue  # type: ignore[assignment]
+    agent_services._enqueue = enqueue
 
     first_delta: list[float] = []
     flush = agent_services._flush
@@ -125,11 +125,11 @@ def main() -> None:
             first_delta.append((time.perf_counter() - marks.pop("worker")) * 1000)
         flush(stream)
 
-    agent_services._flush = flush_timed  # type: ignore[assignment]
+    agent_services._flush = flush_timed
 
     post_ms: list[float] = []
-    post_queries: list[int] = []
-    worker_queries: list[int] = []
+    post_queries: list[float] = []
+    worker_queries: list[float] = []
     thread_for_history = None
     if args.history:
         thread_for_history, _ = messaging_services.thread_create(creator=user, title="long")
