@@ -173,29 +173,41 @@ def notify_users(
 
 
 def publish_transient(*, thread_id: str, type: EventType, data: dict[str, Any], seq: int) -> None:
-    """Publish a transient event (a delta) now, outside any transaction.
-
-    On the Redis pub/sub layer it goes out from the calling thread, before this returns: one
-    PUBLISH, where the publisher's queue cost a hand-over to its thread and event loop per
-    delta (most of a delta's time from the model to the client when batching is off)."""
+    """Publish a transient event (a delta) now, outside any transaction."""
     event = {"type": str(type), "threadId": thread_id, "seq": seq, "data": data}
-    group = thread_group(thread_id)
-    direct = _direct_publisher()
-    if direct is None:
-        publish(event, groups=[group])
+    publish(event, groups=[thread_group(thread_id)])
+
+
+def publish(event: dict[str, Any], *, groups: Iterable[str]) -> None:
+    """Send an event to groups, in order, without waiting. Only record() and the streaming
+    code call this.
+
+    On the Redis pub/sub layer a transient event (a delta) goes out from the calling thread
+    before this returns: one PUBLISH, where the publisher's queue cost a hand-over to its
+    thread and event loop per delta (most of a delta's time from the model to the client when
+    batching is off). Logged events keep the queue: their callers (on_commit) must not wait."""
+    if get_channel_layer() is None:
         return
-    current = _publisher_state.get("publisher")
-    if current is not None and current.pending and current.pid == os.getpid():
-        # Logged events still queued (the reply's "streaming" status, say) go first: they and
-        # the deltas travel the same Redis channel, in the order they are published.
-        current.drain(5.0)
-    message = {"type": "thread.event", "target": group, "event": event, "text": encode(event)}
-    try:
-        direct.publish(group, message)
-    except Exception:
-        # As for logged events: the text is in the live store, and the next delta's offset
-        # tells a client that it missed some and must refetch.
-        logger.exception("publishing %s to %s failed", event["type"], group)
+    text = encode(event)
+    direct = _direct_publisher() if event["type"] in TRANSIENT_TYPES else None
+    if direct is not None:
+        current = _publisher_state.get("publisher")
+        if current is not None and current.pending and current.pid == os.getpid():
+            # Logged events still queued (the reply's "streaming" status, say) go first: they
+            # and the deltas travel the same Redis channel, in the order they are published.
+            current.drain(5.0)
+    for group in groups:
+        # `target` tells a hub subscribed to several groups which one this copy came by.
+        message = {"type": "thread.event", "target": group, "event": event, "text": text}
+        if direct is None:
+            _publisher().submit(group, message)
+            continue
+        try:
+            direct.publish(group, message)
+        except Exception:
+            # As for logged events: the text is in the live store, and the next delta's
+            # offset tells a client that it missed some and must refetch.
+            logger.exception("publishing %s to %s failed", event["type"], group)
 
 
 class _DirectPublisher:
@@ -239,19 +251,6 @@ def _direct_publisher() -> _DirectPublisher | None:
             publisher = _DirectPublisher(layer, address, str(options.get("prefix", "asgi")))
     _direct_state.update(publisher=publisher, pid=os.getpid())
     return publisher
-
-
-def publish(event: dict[str, Any], *, groups: Iterable[str]) -> None:
-    """Send an event to groups, in order, without waiting. Only record() and the streaming
-    code call this."""
-    if get_channel_layer() is None:
-        return
-    text = encode(event)
-    for group in groups:
-        # `target` tells a hub subscribed to several groups which one this copy came by.
-        _publisher().submit(
-            group, {"type": "thread.event", "target": group, "event": event, "text": text}
-        )
 
 
 def publish_drain(timeout: float = 5.0) -> bool:
