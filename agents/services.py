@@ -89,6 +89,30 @@ def _ledger_add(
     return entry
 
 
+def _balance_take(*, user: User, amount: Decimal) -> int | None:
+    """Take `amount` from the user's balance if it is above zero and covers it; the account's
+    id, or None (no account yet, or too low: nothing changed). One locking UPDATE where
+    account_lock + save took two round trips; PostgreSQL re-checks the condition on the row
+    version it locks, so concurrent requests cannot overdraw. Call inside a transaction and
+    add the ledger entry in it."""
+    field = Account._meta.get_field("balance")
+    table = connection.ops.quote_name(Account._meta.db_table)
+    value = connection.ops.adapt_decimalfield_value(
+        amount,
+        field.max_digits,
+        field.decimal_places,
+    )
+    sql = (
+        f"UPDATE {table} SET balance = balance - %s, updated_at = %s"  # noqa: S608 - model names
+        " WHERE user_id = %s AND balance > 0 AND balance >= %s RETURNING id"
+    )
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value, now, user.pk, value])
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
 def credit_add(*, user: User, amount: Decimal, note: str = "") -> LedgerEntry:
     with transaction.atomic():
         account = account_lock(user=user)
@@ -169,12 +193,18 @@ def reply_request(
     reserve = most_a_reply_can_cost(model)
     if mode == AgentMode.CREW:
         reserve *= CREW_RESERVED_CALLS
-    account = account_lock(user=requester)
-    if account.balance <= 0 or account.balance < reserve:
-        raise Forbidden(
-            f"Your balance ({account.balance.quantize(Decimal('0.01'))}) is too low for "
-            f"{model.name}."
-        )
+    account_id = _balance_take(user=requester, amount=reserve)
+    if account_id is None:
+        # No account yet (made here with the starting credit), or a balance too low.
+        account = account_lock(user=requester)
+        if account.balance <= 0 or account.balance < reserve:
+            raise Forbidden(
+                f"Your balance ({account.balance.quantize(Decimal('0.01'))}) is too low for "
+                f"{model.name}."
+            )
+        account.balance -= reserve
+        account.save(update_fields=["balance", "updated_at"])
+        account_id = account.pk
     message, _ = messaging_services.message_post(
         thread=thread,
         author=None,
@@ -196,8 +226,9 @@ def reply_request(
         mode=mode,
         reserved=reserve,
     )
-    _ledger_add(
-        account=account,
+    # The balance already moved (above); this is its entry.
+    LedgerEntry.objects.create(
+        account_id=account_id,
         amount=-reserve,
         kind=LedgerEntry.Kind.RESERVE,
         run=run,
@@ -334,6 +365,7 @@ def _claim(run_id: str) -> AgentRun | _Wait | None:
         run.started_at = run.started_at or now
         run.heartbeat_at = now
         run.save(update_fields=["status", "attempts", "started_at", "heartbeat_at"])
+        run.message._file_ids = []  # an AI reply has no attachments: no query for them
         messaging_services.message_set_status(
             message=run.message, status=Message.Status.STREAMING, text=""
         )
@@ -429,6 +461,7 @@ def _run_close(
         )
         if locked.status in TERMINAL:
             return  # the reaper or a stop already ended it
+        locked.message._file_ids = []  # an AI reply has no attachments: no query for them
         locked.prompt_tokens = usage.prompt_tokens
         locked.completion_tokens = usage.completion_tokens
         _finish(
