@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import pct, pg_recreate, setup_django, table
+from bench.common import machine_line, pct, pg_recreate, setup_django, table, write_section
 
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--history", type=int, default=0, help="messages in the thread first")
     parser.add_argument("--queries", action="store_true", help="print one trial's SQL")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
 
     os.environ["REDIS_URL"] = REDIS
@@ -173,11 +174,29 @@ def main() -> None:
     rows.append(
         ["worker: run_execute start → first delta out", pct(first_delta, 50), pct(first_delta, 99)]
     )
-    print(table(["phase", "p50 ms", "p99 ms"], rows))
-    print(
-        f"queries: reply POST {pct(post_queries, 50):.0f}, whole run_execute "
-        f"{pct(worker_queries, 50):.0f}"
+    body = "\n".join(
+        [
+            "## Where a reply's first token waits (`bench/reply_path.py`)",
+            "",
+            "In-process on PostgreSQL and Redis with a provider that answers at once, so only "
+            'Threadline\'s own work is left: the POST with `"reply": true` through the Django '
+            "test client (authentication, access, model check, both messages, the run, the "
+            "reservation, commit, the task published) and, in the worker, `run_execute` from its "
+            "start until the first delta is handed on (claim, context). Each phase is timed by "
+            "wrapping the function that does it (message_post runs twice per POST: both "
+            f"counted). {args.trials} trials, milliseconds. Not in here: daphne, the Celery "
+            "hop, the socket (bench/streaming.py measures the whole path).",
+            machine_line(),
+            "",
+            table(["phase", "p50 ms", "p99 ms"], rows),
+            "",
+            f"Queries (CaptureQueriesContext, BEGIN/COMMIT/SAVEPOINT included): the reply POST "
+            f"{pct(post_queries, 50):.0f}, the whole `run_execute` {pct(worker_queries, 50):.0f}.",
+        ]
     )
+    print(body)
+    if args.write:
+        write_section("reply_path", body)
     redis.Redis.from_url(REDIS).flushdb()
 
 
