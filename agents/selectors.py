@@ -34,6 +34,11 @@ def model_for_request(*, user: User, model_ref: str | None) -> AIModel:
     the user may not use it, NotFound if there is no such model."""
     catalog = AIModel.objects.filter(is_active=True)
     if model_ref:
+        # One query when the model is there and allowed (every reply asks); the refusals
+        # below tell "no such model" from "not yours".
+        usable = models_for_user(user=user).filter(Q(pk=model_ref) | Q(name=model_ref)).first()
+        if usable is not None:
+            return usable
         model = catalog.filter(Q(pk=model_ref) | Q(name=model_ref)).first()
     else:
         model = catalog.filter(is_default=True).order_by("name").first()

@@ -16,14 +16,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.core.files.base import ContentFile
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -87,6 +87,30 @@ def _ledger_add(
     account.balance += amount
     account.save(update_fields=["balance", "updated_at"])
     return entry
+
+
+def _balance_take(*, user: User, amount: Decimal) -> int | None:
+    """Take `amount` from the user's balance if it is above zero and covers it; the account's
+    id, or None (no account yet, or too low: nothing changed). One locking UPDATE where
+    account_lock + save took two round trips; PostgreSQL re-checks the condition on the row
+    version it locks, so concurrent requests cannot overdraw. Call inside a transaction and
+    add the ledger entry in it."""
+    field = Account._meta.get_field("balance")
+    table = connection.ops.quote_name(Account._meta.db_table)
+    value = connection.ops.adapt_decimalfield_value(
+        amount,
+        field.max_digits,
+        field.decimal_places,
+    )
+    sql = (
+        f"UPDATE {table} SET balance = balance - %s, updated_at = %s"  # noqa: S608 - model names
+        " WHERE user_id = %s AND balance > 0 AND balance >= %s RETURNING id"
+    )
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value, now, user.pk, value])
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
 
 
 def credit_add(*, user: User, amount: Decimal, note: str = "") -> LedgerEntry:
@@ -169,12 +193,18 @@ def reply_request(
     reserve = most_a_reply_can_cost(model)
     if mode == AgentMode.CREW:
         reserve *= CREW_RESERVED_CALLS
-    account = account_lock(user=requester)
-    if account.balance <= 0 or account.balance < reserve:
-        raise Forbidden(
-            f"Your balance ({account.balance.quantize(Decimal('0.01'))}) is too low for "
-            f"{model.name}."
-        )
+    account_id = _balance_take(user=requester, amount=reserve)
+    if account_id is None:
+        # No account yet (made here with the starting credit), or a balance too low.
+        account = account_lock(user=requester)
+        if account.balance <= 0 or account.balance < reserve:
+            raise Forbidden(
+                f"Your balance ({account.balance.quantize(Decimal('0.01'))}) is too low for "
+                f"{model.name}."
+            )
+        account.balance -= reserve
+        account.save(update_fields=["balance", "updated_at"])
+        account_id = account.pk
     message, _ = messaging_services.message_post(
         thread=thread,
         author=None,
@@ -196,8 +226,9 @@ def reply_request(
         mode=mode,
         reserved=reserve,
     )
-    _ledger_add(
-        account=account,
+    # The balance already moved (above); this is its entry.
+    LedgerEntry.objects.create(
+        account_id=account_id,
         amount=-reserve,
         kind=LedgerEntry.Kind.RESERVE,
         run=run,
@@ -334,6 +365,7 @@ def _claim(run_id: str) -> AgentRun | _Wait | None:
         run.started_at = run.started_at or now
         run.heartbeat_at = now
         run.save(update_fields=["status", "attempts", "started_at", "heartbeat_at"])
+        run.message._file_ids = []  # an AI reply has no attachments: no query for them
         messaging_services.message_set_status(
             message=run.message, status=Message.Status.STREAMING, text=""
         )
@@ -429,6 +461,7 @@ def _run_close(
         )
         if locked.status in TERMINAL:
             return  # the reaper or a stop already ended it
+        locked.message._file_ids = []  # an AI reply has no attachments: no query for them
         locked.prompt_tokens = usage.prompt_tokens
         locked.completion_tokens = usage.completion_tokens
         _finish(
@@ -569,9 +602,11 @@ def _flush(stream: _Stream) -> None:
         if len(text) == stream.sent:
             return
         stream.batch_started = None
+        stream.parts = [text]  # one piece again: the next join copies less
         # Readable before it is announced: a client that fetches the message after
         # subscribing then holds every character of the deltas it did not receive.
-        live_text_set(message_id=stream.run.message_id, text=text)
+        # The store holds text[:sent] from the last flush: only the rest is written.
+        live_text_set(message_id=stream.run.message_id, text=text, kept=stream.sent)
         events.publish_transient(
             thread_id=stream.run.thread_id,
             type=EventType.MESSAGE_DELTA,
@@ -586,18 +621,40 @@ def _flush(stream: _Stream) -> None:
 
 
 def _save_progress(stream: _Stream) -> bool:
-    """Save the partial text and the heartbeat; return whether stop was asked for."""
+    """Save the partial text and the heartbeat; return whether stop was asked for.
+
+    Every STREAM_SAVE_MS beside a streaming reply, so it is kept small: one transaction (one
+    commit to wait for), and the heartbeat, the stop flag and the thread's seq in one statement.
+    The Python it runs holds the interpreter lock that the thread reading the model needs, and
+    its rounds were where a delta's worst delays came from."""
     text = stream.text
     now = timezone.now()
-    if len(text) != stream.saved:
-        Message.objects.filter(pk=stream.run.message_id).update(text=text, updated_at=now)
-        stream.saved = len(text)
-    AgentRun.objects.filter(pk=stream.run.pk).update(heartbeat_at=now)
-    seq = Thread.objects.filter(pk=stream.run.thread_id).values_list("last_event_seq", flat=True)
-    stream.seq = seq.first() or stream.seq
-    return bool(
-        AgentRun.objects.filter(pk=stream.run.pk).values_list("cancel_requested", flat=True).get()
+    with transaction.atomic():
+        if len(text) != stream.saved:
+            Message.objects.filter(pk=stream.run.message_id).update(text=text, updated_at=now)
+        cancel_requested, seq = _run_pulse(
+            run_id=stream.run.pk, thread_id=stream.run.thread_id, now=now
+        )
+    stream.saved = len(text)
+    stream.seq = seq or stream.seq
+    return cancel_requested
+
+
+def _run_pulse(*, run_id: str, thread_id: str, now: datetime) -> tuple[bool, int]:
+    """Beat the run's heartbeat; return (stop asked for, the thread's last event seq).
+    (UPDATE ... RETURNING, which the ORM cannot say.)"""
+    run_table = connection.ops.quote_name(AgentRun._meta.db_table)
+    thread_table = connection.ops.quote_name(Thread._meta.db_table)
+    sql = (
+        f"UPDATE {run_table} SET heartbeat_at = %s WHERE id = %s"  # noqa: S608 - model names
+        f" RETURNING cancel_requested, (SELECT last_event_seq FROM {thread_table} WHERE id = %s)"
     )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [connection.ops.adapt_datetimefield_value(now), run_id, thread_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise AgentRun.DoesNotExist(run_id)
+    return bool(row[0]), int(row[1] or 0)
 
 
 def _finish(

@@ -37,8 +37,11 @@ def setup_django(database_url: str | None, var_dir: str) -> None:
 
 
 def pg_recreate(name: str) -> str:
-    """Drop and create a scratch PostgreSQL database; return its URL."""
+    """Drop and create a scratch PostgreSQL database; return its URL. BENCH_PG_SUFFIX is added
+    to the name, so two people benchmarking on one server keep apart."""
     import psycopg
+
+    name += os.environ.get("BENCH_PG_SUFFIX", "")
 
     with psycopg.connect(
         PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True

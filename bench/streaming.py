@@ -47,7 +47,7 @@ from bench.common import (
 from bench.startup import free_port
 
 BIN = Path(sys.executable).parent
-REDIS = "redis://127.0.0.1:6379/10"
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 TOKEN = re.compile(r" t(\d+)")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

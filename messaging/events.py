@@ -180,15 +180,77 @@ def publish_transient(*, thread_id: str, type: EventType, data: dict[str, Any], 
 
 def publish(event: dict[str, Any], *, groups: Iterable[str]) -> None:
     """Send an event to groups, in order, without waiting. Only record() and the streaming
-    code call this."""
+    code call this.
+
+    On the Redis pub/sub layer a transient event (a delta) goes out from the calling thread
+    before this returns: one PUBLISH, where the publisher's queue cost a hand-over to its
+    thread and event loop per delta (most of a delta's time from the model to the client when
+    batching is off). Logged events keep the queue: their callers (on_commit) must not wait."""
     if get_channel_layer() is None:
         return
     text = encode(event)
+    direct = _direct_publisher() if event["type"] in TRANSIENT_TYPES else None
+    if direct is not None:
+        current = _publisher_state.get("publisher")
+        if current is not None and current.pending and current.pid == os.getpid():
+            # Logged events still queued (the reply's "streaming" status, say) go first: they
+            # and the deltas travel the same Redis channel, in the order they are published.
+            current.drain(5.0)
     for group in groups:
         # `target` tells a hub subscribed to several groups which one this copy came by.
-        _publisher().submit(
-            group, {"type": "thread.event", "target": group, "event": event, "text": text}
-        )
+        message = {"type": "thread.event", "target": group, "event": event, "text": text}
+        if direct is None:
+            _publisher().submit(group, message)
+            continue
+        try:
+            direct.publish(group, message)
+        except Exception:
+            # As for logged events: the text is in the live store, and the next delta's
+            # offset tells a client that it missed some and must refetch.
+            logger.exception("publishing %s to %s failed", event["type"], group)
+
+
+class _DirectPublisher:
+    """PUBLISH to channels-redis' pub/sub layer from any thread, with a plain Redis client:
+    the layer's own channel name for the group and its own serialisation, so its receivers
+    cannot tell the difference."""
+
+    def __init__(self, layer: Any, address: str, prefix: str) -> None:
+        import redis
+
+        self.layer = layer
+        self.client: Any = redis.Redis.from_url(address)
+        self.prefix = prefix
+
+    def publish(self, group: str, message: dict[str, Any]) -> None:
+        # channels_redis.pubsub.RedisPubSubLoopLayer._get_group_channel_name
+        self.client.publish(f"{self.prefix}__group__{group}", self.layer.serialize(message))
+
+
+_direct_state: dict[str, Any] = {}
+
+
+def _direct_publisher() -> _DirectPublisher | None:
+    """The direct publisher when the layer is channels-redis' pub/sub layer on one Redis
+    (sharded or other layers go through the layer itself)."""
+    if "publisher" in _direct_state and _direct_state.get("pid") == os.getpid():
+        return _direct_state["publisher"]
+    publisher = None
+    layer = get_channel_layer()
+    config: dict[str, Any] = settings.CHANNEL_LAYERS.get("default", {})
+    options: dict[str, Any] = config.get("CONFIG", {})
+    hosts = options.get("hosts", [])
+    if (
+        layer is not None
+        and config.get("BACKEND") == "channels_redis.pubsub.RedisPubSubChannelLayer"
+        and len(hosts) == 1
+    ):
+        host = hosts[0]
+        address = host.get("address") if isinstance(host, dict) else host
+        if isinstance(address, str):
+            publisher = _DirectPublisher(layer, address, str(options.get("prefix", "asgi")))
+    _direct_state.update(publisher=publisher, pid=os.getpid())
+    return publisher
 
 
 def publish_drain(timeout: float = 5.0) -> bool:
@@ -213,6 +275,7 @@ class _Publisher:
         self.idle = threading.Event()
         self.idle.set()
         self.pending = 0
+        self.pid = os.getpid()
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="threadline-publisher", daemon=True)
         self.thread.start()

@@ -85,7 +85,9 @@ def message_post(
     files = _files_resolve(author=author, file_ids=file_ids)
     now = timezone.now()
     try:
-        with transaction.atomic():
+        # A savepoint only where an IntegrityError can happen and be answered (a client id
+        # raced by a concurrent post): it costs two round trips on the hottest write path.
+        with transaction.atomic(savepoint=bool(message_id)):
             # Locks the thread row: concurrent posts to this thread queue here, in seq order.
             seq, event_seq = thread_services.thread_seq_take(
                 thread_id=thread.pk, message=True, activity_at=now

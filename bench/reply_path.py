@@ -1,0 +1,204 @@
+"""Where the time to first token goes inside Threadline: the reply POST and the worker's start.
+
+In-process on PostgreSQL and Redis, no model (the provider answers at once), so what is left is
+ours: the POST with `"reply": true` (authentication, access, model check, message_post,
+reply_request, commit, the task published) and, in the worker, everything from `run_execute`
+until the first delta is handed to the publisher (claim, context, provider). Queries are
+counted with Django's CaptureQueriesContext; each phase is timed by wrapping the function that
+does it. The Celery hop and the socket delivery are not in here (bench/streaming.py has the end
+to end figure).
+
+    python bench/reply_path.py [--trials N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine_line, pct, pg_recreate, setup_django, table, write_section
+
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+
+
+class _Instant:
+    """A provider that answers one piece at once: the model's own time is not ours."""
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 3 + 1
+
+    def stream(self, *, messages: Any, max_tokens: int, completion: Any) -> Iterator[str]:
+        completion.usage.prompt_tokens = 10
+        completion.usage.completion_tokens = 1
+        yield "hi"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--history", type=int, default=0, help="messages in the thread first")
+    parser.add_argument("--queries", action="store_true", help="print one trial's SQL")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args()
+
+    os.environ["REDIS_URL"] = REDIS
+    os.environ["CELERY_BROKER_URL"] = REDIS
+    os.environ.setdefault("LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    db = pg_recreate("threadline_reply_path")
+    setup_django(db, tempfile.mkdtemp(prefix="threadline-reply-path-"))
+
+    import redis
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.test import APIClient
+
+    import agents.services as agent_services
+    import messaging.apis as apis
+    from agents.models import AIModel
+    from messaging import events
+    from messaging import services as messaging_services
+    from threads import services as thread_services
+
+    redis.Redis.from_url(REDIS).flushdb()
+    call_command("migrate", "--noinput", verbosity=0)
+    user = thread_services.user_create(username="probe")
+    _, raw = thread_services.token_issue(user=user)
+    AIModel.objects.create(
+        id="mdl_probe",
+        name="probe",
+        provider="openai",
+        provider_model="probe",
+        context_window=2048,
+        max_output_tokens=8,
+        available_to_all=True,
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+
+    spans: dict[str, list[float]] = defaultdict(list)
+    marks: dict[str, float] = {}
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        inner: Callable[..., Any] = getattr(owner, name)
+
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return inner(*a, **kw)
+            finally:
+                spans[label].append((time.perf_counter() - began) * 1000)
+
+        setattr(owner, name, wrapper)
+
+    timed(apis, "access_thread", "post: access_thread")
+    timed(apis, "model_for_request", "post: model_for_request")
+    timed(messaging_services, "message_post", "post: message_post")
+    timed(apis, "reply_request", "post: reply_request (incl. its message_post)")
+    timed(agent_services, "_enqueue", "post: on commit, task published")
+    timed(agent_services, "_claim", "worker: claim")
+    timed(agent_services.context, "build", "worker: context.build")
+    agent_services.get_provider = lambda model: _Instant()
+
+    enqueued: list[str] = []
+    real_enqueue = agent_services._enqueue
+
+    def enqueue(run_id: str, **kw: Any) -> None:
+        enqueued.append(run_id)
+        real_enqueue(run_id, **kw)
+
+    agent_services._enqueue = enqueue
+
+    first_delta: list[float] = []
+    flush = agent_services._flush
+
+    def flush_timed(stream: Any) -> None:
+        if "worker" in marks and stream.sent == 0:
+            first_delta.append((time.perf_counter() - marks.pop("worker")) * 1000)
+        flush(stream)
+
+    agent_services._flush = flush_timed
+
+    post_ms: list[float] = []
+    post_queries: list[float] = []
+    worker_queries: list[float] = []
+    thread_for_history = None
+    if args.history:
+        thread_for_history, _ = messaging_services.thread_create(creator=user, title="long")
+        for i in range(args.history):
+            messaging_services.message_post(thread=thread_for_history, author=user, text=f"n {i}")
+    for trial in range(args.trials + 5):
+        thread = thread_for_history or messaging_services.thread_create(creator=user, title="p")[0]
+        with CaptureQueriesContext(connection) as post_ctx:
+            began = time.perf_counter()
+            response = client.post(
+                f"/api/v1/threads/{thread.pk}/messages/",
+                {"text": "Say hi to the team.", "reply": True, "modelId": "mdl_probe"},
+                format="json",
+            )
+            elapsed = (time.perf_counter() - began) * 1000
+        assert response.status_code == 201, response.content
+        if args.queries and trial == 5:
+            print("\n".join(q["sql"][:160] for q in post_ctx.captured_queries))
+        run_id = enqueued.pop()
+        with CaptureQueriesContext(connection) as worker_ctx:
+            marks["worker"] = time.perf_counter()
+            agent_services.run_execute(run_id=run_id)
+        events.publish_drain()
+        if args.queries and trial == 5:
+            print("--- worker")
+            print("\n".join(q["sql"][:160] for q in worker_ctx.captured_queries))
+        if trial < 5:  # warm-up
+            for values in spans.values():
+                values.clear()
+            first_delta.clear()
+            continue
+        post_ms.append(elapsed)
+        post_queries.append(len(post_ctx.captured_queries))
+        worker_queries.append(len(worker_ctx.captured_queries))
+
+    rows: list[list[object]] = [
+        ["post: whole request (test client)", pct(post_ms, 50), pct(post_ms, 99)]
+    ]
+    for label, values in spans.items():
+        rows.append([label, pct(values, 50), pct(values, 99)])
+    rows.append(
+        ["worker: run_execute start → first delta out", pct(first_delta, 50), pct(first_delta, 99)]
+    )
+    body = "\n".join(
+        [
+            "## Where a reply's first token waits (`bench/reply_path.py`)",
+            "",
+            "In-process on PostgreSQL and Redis with a provider that answers at once, so only "
+            'Threadline\'s own work is left: the POST with `"reply": true` through the Django '
+            "test client (authentication, access, model check, both messages, the run, the "
+            "reservation, commit, the task published) and, in the worker, `run_execute` from its "
+            "start until the first delta is handed on (claim, context). Each phase is timed by "
+            "wrapping the function that does it (message_post runs twice per POST: both "
+            f"counted). {args.trials} trials, milliseconds. Not in here: daphne, the Celery "
+            "hop, the socket (bench/streaming.py measures the whole path).",
+            machine_line(),
+            "",
+            table(["phase", "p50 ms", "p99 ms"], rows),
+            "",
+            f"Queries (CaptureQueriesContext, BEGIN/COMMIT/SAVEPOINT included): the reply POST "
+            f"{pct(post_queries, 50):.0f}, the whole `run_execute` {pct(worker_queries, 50):.0f}.",
+        ]
+    )
+    print(body)
+    if args.write:
+        write_section("reply_path", body)
+    redis.Redis.from_url(REDIS).flushdb()
+
+
+if __name__ == "__main__":
+    main()
