@@ -15,6 +15,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -373,16 +374,105 @@ def _claim(run_id: str) -> AgentRun | _Wait | None:
     return run
 
 
+class _EarlyCall(threading.Thread):
+    """The model asked before the run is claimed, so the claim's commit overlaps the model
+    reading the prompt (for a remote model, most of the time to first token). This thread
+    opens the call and waits for the first piece; the worker's own thread reads the rest,
+    after the claim."""
+
+    def __init__(self, *, open_call: Callable[[Completion], Iterator[str]]) -> None:
+        super().__init__(name="early-model-call", daemon=True)
+        self.completion = Completion()
+        self._open_call = open_call
+        self._pieces: Iterator[str] | None = None
+        self._first: str | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._pieces = self._open_call(self.completion)
+            self._first = next(self._pieces)
+        except StopIteration:
+            pass
+        except BaseException as exc:  # handed to the worker's thread, raised where it reads
+            self._error = exc
+
+    def pieces(self) -> Iterator[str]:
+        """The whole stream, for `_pump` (whose pacer can cut the wait for the first piece)."""
+        try:
+            self.join()
+            if self._error is not None:
+                raise self._error
+            if self._pieces is None or self._first is None:
+                return
+            yield self._first
+            yield from self._pieces
+        finally:
+            self._close()
+
+    def discard(self) -> None:
+        """The claim was lost (finished, stopped, or taken by another worker): cut the call."""
+        if self.completion.abort is not None:
+            self.completion.abort()
+        self.join(timeout=settings.LLM_TIMEOUT_SECONDS + 5)
+        self._close()
+
+    def _close(self) -> None:
+        if self.is_alive():
+            return  # still inside next(): the provider's own timeout ends it
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+
+def _call_early(run_id: str) -> _EarlyCall | None:
+    """Start the model call of a run that no worker has touched yet, if its provider runs the
+    model elsewhere. Never for a redelivered, stopped or crew run: those go through the claim
+    first, so a stop or a second delivery never calls the model."""
+    run = (
+        AgentRun.objects.select_related("model", "thread", "message", "request_message")
+        .filter(
+            pk=run_id,
+            status=AgentRun.Status.QUEUED,
+            attempts=0,
+            cancel_requested=False,
+            mode=AgentMode.CORE,
+        )
+        .first()
+    )
+    if run is None:
+        return None
+    try:
+        provider = get_provider(run.model)
+        if not getattr(type(provider), "remote", False):
+            return None  # an in-process model holds its lock in the thread that opened it
+        messages = context.build(run=run, count_tokens=provider.count_tokens)
+    except Exception:
+        # The claimed path builds the same again and reports the failure on the message.
+        logger.info("run %s: no early model call", run_id, exc_info=True)
+        return None
+    max_tokens = run.model.max_output_tokens
+    call = _EarlyCall(
+        open_call=lambda completion: provider.stream(
+            messages=messages, max_tokens=max_tokens, completion=completion
+        )
+    )
+    call.start()
+    return call
+
+
 def run_execute(*, run_id: str) -> None:
     """Produce one reply. Safe to call again for the same run (redelivery, retries)."""
+    early = _call_early(run_id)
     run = _claim(run_id)
-    if run is None:
-        return
-    if isinstance(run, _Wait):
-        _enqueue(run_id, crew=True, countdown=CREW_WAIT_SECONDS)
+    if run is None or isinstance(run, _Wait):
+        if early is not None:
+            early.discard()
+        if isinstance(run, _Wait):
+            _enqueue(run_id, crew=True, countdown=CREW_WAIT_SECONDS)
         return
     stream = _Stream(run=run, seq=run.thread.last_event_seq)
-    completion = Completion()
+    completion = early.completion if early is not None else Completion()
     stream.completion = completion
     status, error = AgentRun.Status.COMPLETE, ""
     started = time.monotonic()
@@ -403,18 +493,18 @@ def run_execute(*, run_id: str) -> None:
     try:
         for attempt in range(2):
             try:
-                messages = context.build(run=run, count_tokens=provider.count_tokens)
-                cancelled = _pump(
-                    stream,
-                    open_stream(
+                if early is not None and attempt == 0:
+                    pieces = early.pieces()
+                else:
+                    messages = context.build(run=run, count_tokens=provider.count_tokens)
+                    pieces = open_stream(
                         provider,
                         messages=messages,
                         max_tokens=run.model.max_output_tokens,
                         completion=completion,
                         turn=functools.partial(context.turn, run=run, messages=messages),
-                    ),
-                    started,
-                )
+                    )
+                cancelled = _pump(stream, pieces, started)
                 if cancelled:
                     status = AgentRun.Status.CANCELLED
                 break

@@ -269,9 +269,16 @@ async def ttft_direct(llama: str, messages: list[dict[str, str]]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer tokens and trials")
+    parser.add_argument(
+        "--part",
+        choices=["all", "latency", "ttft"],
+        default="all",
+        help="run one part only (prints, does not write docs/benchmarks.md)",
+    )
+    parser.add_argument("--trials", type=int, help="time-to-first-token trials per thread")
     args = parser.parse_args()
     seconds = 1 if args.quick else 3
-    trials = 5 if args.quick else 15
+    trials = args.trials or (5 if args.quick else 15)
 
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     env |= {
@@ -339,86 +346,104 @@ def main() -> None:
         wait_http(f"{base}/healthz")
         wait_http(f"http://127.0.0.1:{token_port}/v1/models")
 
-        results["floor"] = asyncio.run(redis_floor(1000 * seconds, 1000))
-        for flush in (0, 50):
-            worker = procs.worker(
-                STREAM_FLUSH_MS=str(flush), LLM_BASE_URL=f"http://127.0.0.1:{token_port}/v1"
+        if args.part in ("all", "latency"):
+            results["floor"] = asyncio.run(redis_floor(1000 * seconds, 1000))
+            for flush in (0, 50):
+                worker = procs.worker(
+                    STREAM_FLUSH_MS=str(flush), LLM_BASE_URL=f"http://127.0.0.1:{token_port}/v1"
+                )
+                for rate in rates:
+                    cpu_before = cpu_seconds(worker.pid)
+                    run = asyncio.run(
+                        one_reply(base, token, f"mdl_{models[rate].replace('-', '_')}")
+                    )
+                    run["cpu_s"] = cpu_seconds(worker.pid) - cpu_before
+                    run["tokens"] = counts[rate]
+                    results[f"{rate}/{flush}"] = run
+                    print(
+                        rate,
+                        flush,
+                        len(run["ws"]),
+                        len(run["sse"]),
+                        round(run["elapsed"], 2),
+                        flush=True,
+                    )
+                procs.stop(worker)
+
+        if args.part in ("all", "ttft"):
+            # Part 2: time to first token with the bundled model behind llama_cpp.server.
+            setup_django(env["DATABASE_URL"], env["VAR_DIR"])  # to read agents.context's prompt
+            from agents.llm.local import bundled_model_path
+
+            llama = f"http://127.0.0.1:{llama_port}"
+            procs.start(
+                [
+                    sys.executable,
+                    "-m",
+                    "llama_cpp.server",
+                    "--model",
+                    str(bundled_model_path()),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(llama_port),
+                    "--n_threads",
+                    "1",
+                    "--n_ctx",
+                    "2048",
+                ]
             )
-            for rate in rates:
-                cpu_before = cpu_seconds(worker.pid)
-                run = asyncio.run(one_reply(base, token, f"mdl_{models[rate].replace('-', '_')}"))
-                run["cpu_s"] = cpu_seconds(worker.pid) - cpu_before
-                run["tokens"] = counts[rate]
-                results[f"{rate}/{flush}"] = run
-                print(
-                    rate,
-                    flush,
-                    len(run["ws"]),
-                    len(run["sse"]),
-                    round(run["elapsed"], 2),
-                    flush=True,
-                )
+            wait_http(f"{llama}/v1/models")
+            worker = procs.worker(LLM_BASE_URL=f"{llama}/v1")
+            big = manage(
+                env,
+                "shell",
+                "-c",
+                (
+                    "from messaging.services import message_post, thread_create;"
+                    "from threads.models import User; u = User.objects.get(username='bench');"
+                    "t, _ = thread_create(creator=u, title='Long chat');"
+                    "[message_post(thread=t, author=u, text=f'Note {i}: the meeting moved to room {i % 7}.')"
+                    " for i in range(1000)];"
+                    "print(t.pk)"
+                ),
+            ).splitlines()[-1]
+            for label, thread_of in (("new thread", None), ("1,000-message thread", big)):
+                ours, direct = [], []
+                for _ in range(trials):
+                    thread = (
+                        thread_of
+                        or httpx.post(
+                            f"{base}/api/v1/threads/",
+                            json={"title": "ttft"},
+                            headers={"Authorization": f"Bearer {token}"},
+                        ).json()["id"]
+                    )
+                    # llama.cpp reuses a cached prompt prefix: warm it with the direct request, then
+                    # measure Threadline and the direct request on the same footing.
+                    messages = asyncio.run(context_like_ours(base, token, thread))
+                    asyncio.run(ttft_direct(llama, messages))
+                    ours.append(asyncio.run(ttft_ours(base, token, thread, "mdl_llama")))
+                    direct.append(asyncio.run(ttft_direct(llama, messages)))
+                results[f"ttft/{label}"] = {"ours": ours, "direct": direct}
+                print(label, round(pct(ours, 50), 1), round(pct(direct, 50), 1), flush=True)
             procs.stop(worker)
-
-        # Part 2: time to first token with the bundled model behind llama_cpp.server.
-        setup_django(env["DATABASE_URL"], env["VAR_DIR"])  # to read agents.context's prompt
-        from agents.llm.local import bundled_model_path
-
-        llama = f"http://127.0.0.1:{llama_port}"
-        procs.start(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(bundled_model_path()),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(llama_port),
-                "--n_threads",
-                "1",
-                "--n_ctx",
-                "2048",
-            ]
-        )
-        wait_http(f"{llama}/v1/models")
-        worker = procs.worker(LLM_BASE_URL=f"{llama}/v1")
-        big = manage(
-            env,
-            "shell",
-            "-c",
-            (
-                "from messaging.services import message_post, thread_create;"
-                "from threads.models import User; u = User.objects.get(username='bench');"
-                "t, _ = thread_create(creator=u, title='Long chat');"
-                "[message_post(thread=t, author=u, text=f'Note {i}: the meeting moved to room {i % 7}.')"
-                " for i in range(1000)];"
-                "print(t.pk)"
-            ),
-        ).splitlines()[-1]
-        for label, thread_of in (("new thread", None), ("1,000-message thread", big)):
-            ours, direct = [], []
-            for _ in range(trials):
-                thread = (
-                    thread_of
-                    or httpx.post(
-                        f"{base}/api/v1/threads/",
-                        json={"title": "ttft"},
-                        headers={"Authorization": f"Bearer {token}"},
-                    ).json()["id"]
-                )
-                # llama.cpp reuses a cached prompt prefix: warm it with the direct request, then
-                # measure Threadline and the direct request on the same footing.
-                messages = asyncio.run(context_like_ours(base, token, thread))
-                asyncio.run(ttft_direct(llama, messages))
-                ours.append(asyncio.run(ttft_ours(base, token, thread, "mdl_llama")))
-                direct.append(asyncio.run(ttft_direct(llama, messages)))
-            results[f"ttft/{label}"] = {"ours": ours, "direct": direct}
-            print(label, round(pct(ours, 50), 1), round(pct(direct, 50), 1), flush=True)
-        procs.stop(worker)
     finally:
         procs.stop_all()
+
+    if args.part != "all":
+        for key, value in results.items():
+            if key.startswith("ttft/"):
+                ours, direct = value["ours"], value["direct"]
+                print(
+                    f"{key}: direct p50 {pct(direct, 50):.1f}, ours p50 {pct(ours, 50):.1f}"
+                    f" p99 {pct(ours, 99):.1f}, added p50 {pct(ours, 50) - pct(direct, 50):.1f}"
+                )
+            elif key != "floor":
+                print(f"{key}: ws p50 {pct(value['ws'], 50):.2f} p99 {pct(value['ws'], 99):.2f}")
+        if "floor" in results:
+            print(f"floor p50 {pct(results['floor'], 50):.2f} p99 {pct(results['floor'], 99):.2f}")
+        return
 
     floor = results["floor"]
     rows = [

@@ -20,3 +20,11 @@ def _start_reaper(**kwargs: object) -> None:
     from chatproject.embedded import start_reaper
 
     start_reaper()
+
+
+@worker_ready.connect
+def _warm_up_providers(**kwargs: object) -> None:
+    # The first reply must not wait for the model SDK's imports.
+    from agents.llm import providers_warm_up_in_background
+
+    providers_warm_up_in_background()

@@ -104,5 +104,8 @@ def start_worker() -> threading.Thread:
     )
     thread = threading.Thread(target=worker.start, name="threadline-worker", daemon=True)
     thread.start()
+    from agents.llm import providers_warm_up_in_background
+
+    providers_warm_up_in_background()
     logger.info("embedded Celery worker started (memory broker)")
     return thread

@@ -8,6 +8,7 @@ replace `get_provider` with a scripted provider.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 if TYPE_CHECKING:
     from agents.models import AIModel
+
+logger = logging.getLogger(__name__)
 
 ChatMessages = list[dict[str, str]]
 
@@ -127,6 +130,33 @@ def get_provider(model: AIModel) -> Provider:
                 provider = LocalProvider()
             _providers[key] = provider
     return provider
+
+
+def providers_warm_up() -> None:
+    """Make the providers of the remote models in the catalog before any reply needs them:
+    the OpenAI SDK's import and its lazily built resources take most of a second, which a
+    worker's first asker otherwise waited through before the model was even asked. The
+    bundled model is left to load on first use (it is memory, not just time)."""
+    from django.db import connection
+
+    from agents.models import AIModel
+
+    try:
+        for model in AIModel.objects.filter(provider="openai"):
+            provider = get_provider(model)
+            warm_up = getattr(provider, "warm_up", None)
+            if warm_up is not None:
+                warm_up()
+    except Exception:
+        logger.warning("warming up the model providers failed", exc_info=True)
+    finally:
+        connection.close()
+
+
+def providers_warm_up_in_background() -> threading.Thread:
+    thread = threading.Thread(target=providers_warm_up, name="providers-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def estimate_tokens(text: str) -> int:

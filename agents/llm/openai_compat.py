@@ -12,6 +12,10 @@ from agents.llm import ChatMessages, Completion, LLMError, estimate_tokens
 
 
 class OpenAICompatibleProvider:
+    # The model runs elsewhere: a stream can be opened in one thread and read in another
+    # (agents.services opens it while the worker claims the run).
+    remote = True
+
     def __init__(self, *, model_name: str) -> None:
         import openai
 
@@ -24,6 +28,10 @@ class OpenAICompatibleProvider:
             timeout=settings.LLM_TIMEOUT_SECONDS,
             max_retries=0,  # run_execute decides about retries: only before any text went out
         )
+
+    def warm_up(self) -> None:
+        # The SDK builds its resources on first access (a quarter of a second here).
+        _ = self.client.chat.completions.with_streaming_response
 
     def count_tokens(self, text: str) -> int:
         return estimate_tokens(text)

@@ -125,3 +125,24 @@ def test_a_broken_stream_ends_with_what_was_written(settings: object, bad: str) 
         next(pieces)
     assert caught.value.message == "The AI service's answer broke off."
     assert not caught.value.retryable
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_start_up_makes_the_remote_models_providers(
+    settings: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents import llm
+    from agents.models import AIModel
+
+    settings.LLM_BASE_URL = "http://llm.test/v1"  # type: ignore[attr-defined]
+    monkeypatch.setattr(llm, "_providers", {})
+    warmed: list[str] = []
+    monkeypatch.setattr(
+        OpenAICompatibleProvider, "warm_up", lambda self: warmed.append(self.model_name)
+    )
+    AIModel.objects.create(
+        id="mdl_remote", name="Remote", provider="openai", provider_model="remote-7b"
+    )
+    llm.providers_warm_up_in_background().join(10)
+    assert warmed == ["remote-7b"]
+    assert set(llm._providers) == {("openai", "remote-7b")}  # the bundled model is not loaded

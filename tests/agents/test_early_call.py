@@ -1,0 +1,199 @@
+"""The model asked while the worker claims the run (agents.services._call_early), for a provider
+whose model runs elsewhere: the claim overlaps the model reading the prompt, and the reply is
+the same as without it. Eager Celery tasks and real commits, as in test_reply_flow."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from agents import services
+from agents.llm import LLMError
+from agents.models import AgentRun
+from messaging import events
+from messaging.models import Message
+from tests.agents.scripted_llm import ScriptedProvider
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@dataclass
+class RemoteScriptedProvider(ScriptedProvider):
+    """A TEST DOUBLE of a model served elsewhere (the `openai` provider's `remote` flag): the
+    scripted pieces, and a record of when the request went out and whether it was cut."""
+
+    remote = True
+    asked: threading.Event = field(default_factory=threading.Event)
+    asked_in: list[str] = field(default_factory=list)
+    aborted: threading.Event = field(default_factory=threading.Event)
+
+    def stream(self, **kwargs: Any) -> Any:
+        pieces = super().stream(**kwargs)
+        kwargs["completion"].abort = self.aborted.set
+
+        def sent_on_first_read() -> Any:
+            # Like an HTTP stream: the request goes out when the first piece is asked for.
+            self.asked_in.append(threading.current_thread().name)
+            self.asked.set()
+            yield from pieces
+
+        return sent_on_first_read()
+
+
+@pytest.fixture
+def remote_llm(monkeypatch: pytest.MonkeyPatch) -> RemoteScriptedProvider:
+    provider = RemoteScriptedProvider()
+    monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
+    return provider
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(events, "publish", lambda event, groups: sent.append(event))
+    return sent
+
+
+@pytest.fixture
+def claims(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Each claim, with whether the model had been asked when it began (waiting a moment for
+    the early call's thread, which asks as soon as it runs)."""
+    seen: list[dict[str, Any]] = []
+    original = services._claim
+
+    def claim(run_id: str) -> Any:
+        provider: Any = services.get_provider(None)  # type: ignore[arg-type]
+        asked = getattr(provider, "asked", None)
+        seen.append(
+            {"asked_first": bool(asked and asked.wait(5)) if asked else bool(provider.calls)}
+        )
+        return original(run_id)
+
+    monkeypatch.setattr(services, "_claim", claim)
+    return seen
+
+
+def _ask(cast, text: str = "What is 2+2?") -> Any:
+    response = cast.client(cast.alice).post(
+        f"/api/v1/threads/{cast.thread.pk}/messages/",
+        {"text": text, "reply": True},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    return response.json()["reply"]
+
+
+def test_a_remote_model_is_asked_before_the_claim_and_the_reply_is_whole(
+    cast, remote_llm, claims, published
+):
+    reply = _ask(cast)
+    assert claims == [{"asked_first": True}]
+    assert remote_llm.asked_in == ["early-model-call"]
+    ai = Message.objects.get(pk=reply["messageId"])
+    assert ai.status == Message.Status.COMPLETE and ai.text == "Hello, world."
+    run = AgentRun.objects.get(pk=reply["runId"])
+    assert run.attempts == 1 and run.completion_tokens == 4
+    assert remote_llm.calls[0][-1] == {"role": "user", "content": "alice: What is 2+2?"}
+
+    mine = [
+        e
+        for e in published
+        if ai.pk in (e["data"].get("id"), e["data"].get("messageId"))
+        or e["data"].get("message", {}).get("id") == ai.pk
+    ]
+    kinds = [e["type"] for e in mine]
+    # No text before the run is claimed and shown as streaming.
+    assert kinds[:2] == ["chatMessageAdded", "chatMessageUpdated"]
+    assert mine[1]["data"]["status"] == "streaming"
+    assert kinds[-1] == "chatMessageCompleted"
+    rebuilt = ""
+    for event in mine:
+        if event["type"] == "chatMessageDelta":
+            assert event["data"]["offset"] == len(rebuilt)
+            rebuilt += event["data"]["text"]
+    assert rebuilt == "Hello, world."
+
+
+def test_an_in_process_model_is_asked_only_after_the_claim(cast, scripted_llm, claims):
+    reply = _ask(cast)
+    assert claims == [{"asked_first": False}]
+    assert Message.objects.get(pk=reply["messageId"]).text == "Hello, world."
+
+
+def test_a_run_stopped_before_its_worker_started_never_asks_the_model(
+    cast, remote_llm, monkeypatch
+):
+    queued: list[str] = []
+    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: queued.append(run_id))
+    reply = _ask(cast)
+    ai = Message.objects.get(pk=reply["messageId"])
+    services.run_stop(message=ai, actor=cast.alice)
+    services.run_execute(run_id=queued[0])
+    assert remote_llm.calls == [] and not remote_llm.asked.is_set()
+    assert AgentRun.objects.get(pk=reply["runId"]).status == AgentRun.Status.CANCELLED
+
+
+def test_a_run_already_tried_is_claimed_before_the_model_is_asked(cast, remote_llm, monkeypatch):
+    queued: list[str] = []
+    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: queued.append(run_id))
+    reply = _ask(cast)
+    # The reaper puts a run whose worker vanished back in the queue with its attempt counted.
+    AgentRun.objects.filter(pk=reply["runId"]).update(attempts=1)
+    claimed_with_model_asked: list[bool] = []
+    original = services._claim
+
+    def claim(run_id: str) -> Any:
+        claimed_with_model_asked.append(remote_llm.asked.is_set())
+        return original(run_id)
+
+    monkeypatch.setattr(services, "_claim", claim)
+    services.run_execute(run_id=queued[0])
+    assert claimed_with_model_asked == [False]
+    assert remote_llm.asked_in == ["MainThread"]
+    assert Message.objects.get(pk=reply["messageId"]).text == "Hello, world."
+
+
+def test_a_lost_claim_cuts_the_early_call_and_sends_nothing(
+    cast, remote_llm, monkeypatch, published
+):
+    queued: list[str] = []
+    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: queued.append(run_id))
+    reply = _ask(cast)
+    # Another delivery of the same task took the run between our look and our claim.
+    monkeypatch.setattr(services, "_claim", lambda run_id: None)
+    published.clear()
+    services.run_execute(run_id=queued[0])
+    assert remote_llm.asked.is_set()
+    assert remote_llm.aborted.is_set() and remote_llm.closed
+    assert [e for e in published if e["type"] == "chatMessageDelta"] == []
+    ai = Message.objects.get(pk=reply["messageId"])
+    assert ai.status == Message.Status.QUEUED and ai.text == ""
+
+
+def test_an_early_call_refused_before_any_text_is_retried_and_completes(cast, remote_llm):
+    remote_llm.failure = LLMError("The AI service cannot be reached.", retryable=True)
+    original = remote_llm.stream
+
+    def fails_once(**kwargs: Any) -> Any:
+        try:
+            return original(**kwargs)
+        finally:
+            remote_llm.failure = None  # only the first call fails
+
+    remote_llm.stream = fails_once
+    reply = _ask(cast)
+    ai = Message.objects.get(pk=reply["messageId"])
+    assert ai.status == Message.Status.COMPLETE and ai.text == "Hello, world."
+    assert len(remote_llm.calls) == 2
+
+
+def test_an_early_call_that_breaks_off_fails_the_reply_with_its_reason(cast, remote_llm):
+    remote_llm.failure = LLMError("The AI service's answer broke off.")
+    remote_llm.fail_after = 2
+    reply = _ask(cast)
+    ai = Message.objects.get(pk=reply["messageId"])
+    assert ai.status == Message.Status.FAILED and ai.text == "Hello, "
+    assert ai.meta["error"] == "The AI service's answer broke off."
