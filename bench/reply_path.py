@@ -31,7 +31,10 @@ REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 
 
 class _Instant:
-    """A provider that answers one piece at once: the model's own time is not ours."""
+    """A provider that answers one piece at once: the model's own time is not ours. Remote,
+    as the `openai` provider is: the worker asks it while it claims the run."""
+
+    remote = True
 
     def count_tokens(self, text: str) -> int:
         return len(text) // 3 + 1
@@ -105,6 +108,7 @@ def main() -> None:
     timed(messaging_services, "message_post", "post: message_post")
     timed(apis, "reply_request", "post: reply_request (incl. its message_post)")
     timed(agent_services, "_enqueue", "post: on commit, task published")
+    timed(agent_services, "_call_early", "worker: the model asked (look, context, thread)")
     timed(agent_services, "_claim", "worker: claim")
     timed(agent_services.context, "build", "worker: context.build")
     agent_services.get_provider = lambda model: _Instant()

@@ -276,6 +276,9 @@ def main() -> None:
         help="run one part only (prints, does not write docs/benchmarks.md)",
     )
     parser.add_argument("--trials", type=int, help="time-to-first-token trials per thread")
+    parser.add_argument(
+        "--only", help="latency part: only these cases, e.g. 100/0,1000/0 (rate/window ms)"
+    )
     args = parser.parse_args()
     seconds = 1 if args.quick else 3
     trials = args.trials or (5 if args.quick else 15)
@@ -348,11 +351,16 @@ def main() -> None:
 
         if args.part in ("all", "latency"):
             results["floor"] = asyncio.run(redis_floor(1000 * seconds, 1000))
+            only = set(args.only.split(",")) if args.only else None
             for flush in (0, 50):
+                if only and not any(case.endswith(f"/{flush}") for case in only):
+                    continue
                 worker = procs.worker(
                     STREAM_FLUSH_MS=str(flush), LLM_BASE_URL=f"http://127.0.0.1:{token_port}/v1"
                 )
                 for rate in rates:
+                    if only and f"{rate}/{flush}" not in only:
+                        continue
                     cpu_before = cpu_seconds(worker.pid)
                     run = asyncio.run(
                         one_reply(base, token, f"mdl_{models[rate].replace('-', '_')}")

@@ -325,7 +325,7 @@ def test_postgresql_can_use_the_gin_index_for_the_search_condition(cast: Cast) -
     # thread index.)
     sql = (
         "EXPLAIN SELECT m.id FROM messaging_message AS m "  # noqa: S608 (our constants)
-        f"WHERE {selectors._PG_VECTOR} @@ {selectors._PG_QUERY}"
+        f"WHERE {selectors._PG_VECTOR} @@ {selectors._PG_QUERY} AND {selectors._SEARCHABLE}"
     )
     with connection.cursor() as cursor:
         # The test table is tiny; forbid the sequential scan to see whether the index applies.
@@ -349,6 +349,28 @@ def test_the_migration_indexes_existing_messages_and_reverses(cast: Cast) -> Non
     hits = _search(cast.client(cast.alice), q="ocelot")["messages"]
     assert len(hits) == 2
     assert message.pk in {hit["id"] for hit in hits}
+    _assert_index_consistent()
+    executor = MigrationExecutor(connection)
+    executor.migrate([("messaging", "0004_search_index_skips_streaming")])
+    assert len(_search(cast.client(cast.alice), q="ocelot")["messages"]) == 2
+    _assert_index_consistent()
+    if IS_POSTGRES:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_get_indexdef('message_text_search_idx'::regclass)")
+            assert "WHERE ((status)::text <> 'streaming'::text)" in cursor.fetchone()[0]
+
+
+def test_a_reply_is_found_once_it_is_written_not_while_it_streams(cast: Cast) -> None:
+    reply = post(cast.thread, None, "")
+    client = cast.client(cast.alice)
+    Message.objects.filter(pk=reply.pk).update(
+        text="half an answer about wombats", status=Message.Status.STREAMING
+    )
+    assert _ids(_search(client, q="wombats")) == []
+    Message.objects.filter(pk=reply.pk).update(
+        text="a whole answer about wombats", status=Message.Status.COMPLETE
+    )
+    assert _ids(_search(client, q="wombats")) == [reply.pk]
     _assert_index_consistent()
 
 
@@ -518,6 +540,8 @@ def test_the_fallback_for_other_databases_keeps_the_same_rules(cast: Cast, secre
     found = selectors._like_search(terms=["walnut"], threads=threads, before=None, limit=5)
     assert [row.pk for row in found] == [message.pk]
     assert selectors._like_search(terms=["swordfish"], threads=threads, before=None, limit=5) == []
+    Message.objects.filter(pk=message.pk).update(status=Message.Status.STREAMING)
+    assert selectors._like_search(terms=["walnut"], threads=threads, before=None, limit=5) == []
 
 
 def test_a_new_user_with_no_threads_finds_nothing(cast: Cast, secret: Thread) -> None:
