@@ -160,6 +160,7 @@ async def one_reply(base: str, token: str, model: str) -> dict[str, Any]:
         await ws.send(json.dumps({"action": "subscribe", "threadId": thread}))
         await ws.recv()
         ws_lat: list[float] = []
+        ws_times: list[tuple[int, int]] = []  # (sent, received), monotonic ns
         sse_lat: list[float] = []
         done = asyncio.Event()
 
@@ -168,9 +169,9 @@ async def one_reply(base: str, token: str, model: str) -> dict[str, Any]:
                 now = time.monotonic_ns()
                 event = json.loads(text)
                 if event["type"] == "chatMessageDelta":
-                    ws_lat.extend(
-                        (now - int(t)) / 1e6 for t in TOKEN.findall(event["data"]["text"])
-                    )
+                    sent = [int(t) for t in TOKEN.findall(event["data"]["text"])]
+                    ws_lat.extend((now - t) / 1e6 for t in sent)
+                    ws_times.extend((t, now) for t in sent)
                 elif event["type"] == "chatMessageCompleted":
                     done.set()
                     return
@@ -200,7 +201,7 @@ async def one_reply(base: str, token: str, model: str) -> dict[str, Any]:
         await asyncio.wait_for(asyncio.gather(*readers), 300)
         elapsed = time.monotonic() - began
         await ws.close()
-        return {"ws": ws_lat, "sse": sse_lat, "elapsed": elapsed}
+        return {"ws": ws_lat, "sse": sse_lat, "elapsed": elapsed, "ws_times": ws_times}
 
 
 async def ttft_ours(base: str, token: str, thread: str, model: str) -> float:
@@ -276,6 +277,9 @@ def main() -> None:
         help="run one part only (prints, does not write docs/benchmarks.md)",
     )
     parser.add_argument("--trials", type=int, help="time-to-first-token trials per thread")
+    parser.add_argument(
+        "--dump", help="write each case's per-token (sent, received) WebSocket times here (JSON)"
+    )
     parser.add_argument(
         "--only", help="latency part: only these cases, e.g. 100/0,1000/0 (rate/window ms)"
     )
@@ -439,6 +443,10 @@ def main() -> None:
     finally:
         procs.stop_all()
 
+    if args.dump:
+        Path(args.dump).write_text(
+            json.dumps({k: v["ws_times"] for k, v in results.items() if "ws_times" in v})
+        )
     if args.part != "all":
         for key, value in results.items():
             if key.startswith("ttft/"):
