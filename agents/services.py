@@ -25,7 +25,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from agents import context, housekeeping
@@ -425,12 +425,21 @@ class _EarlyCall(threading.Thread):
             close()
 
 
-def _call_early(run_id: str) -> _EarlyCall | None:
-    """Start the model call of a run that no worker has touched yet, if its provider runs the
-    model elsewhere. Never for a redelivered, stopped or crew run: those go through the claim
-    first, so a stop or a second delivery never calls the model."""
-    run = (
-        AgentRun.objects.select_related("model", "thread", "message", "request_message")
+def _run_untouched(run_id: str) -> AgentRun | None:
+    """The run with everything its first model call needs (one query), if no worker has
+    touched it yet and it is a single-model reply that nobody stopped; else None."""
+    question_files = Message.files.through.objects.filter(message_id=OuterRef("request_message_id"))
+    return (
+        AgentRun.objects.select_related(
+            "model",
+            "thread",
+            "thread__summary",
+            "message",
+            "request_message",
+            "request_message__author",
+            "requested_by",
+        )
+        .annotate(question_has_files=Exists(question_files))
         .filter(
             pk=run_id,
             status=AgentRun.Status.QUEUED,
@@ -440,8 +449,12 @@ def _call_early(run_id: str) -> _EarlyCall | None:
         )
         .first()
     )
-    if run is None:
-        return None
+
+
+def _call_early(run: AgentRun) -> _EarlyCall | None:
+    """Start the model call of an untouched run (`_run_untouched`) if its provider runs the
+    model elsewhere. A stopped, redelivered or crew run is never untouched: those go through
+    the claim first, so a stop or a second delivery never calls the model."""
     try:
         provider = get_provider(run.model)
         if not getattr(type(provider), "remote", False):
@@ -449,7 +462,7 @@ def _call_early(run_id: str) -> _EarlyCall | None:
         messages = context.build(run=run, count_tokens=provider.count_tokens)
     except Exception:
         # The claimed path builds the same again and reports the failure on the message.
-        logger.info("run %s: no early model call", run_id, exc_info=True)
+        logger.info("run %s: no early model call", run.pk, exc_info=True)
         return None
     max_tokens = run.model.max_output_tokens
     call = _EarlyCall(
@@ -461,10 +474,40 @@ def _call_early(run_id: str) -> _EarlyCall | None:
     return call
 
 
+def _claim_untouched(run: AgentRun) -> AgentRun | None:
+    """Take an untouched run with one conditional UPDATE (no locked read: the condition is the
+    lock), reusing the objects already read; None if it stopped being untouched meanwhile, for
+    `_claim` to sort out."""
+    now = timezone.now()
+    with transaction.atomic():
+        taken = AgentRun.objects.filter(
+            pk=run.pk,
+            status=AgentRun.Status.QUEUED,
+            attempts=0,
+            cancel_requested=False,
+            mode=AgentMode.CORE,
+        ).update(status=AgentRun.Status.RUNNING, attempts=1, started_at=now, heartbeat_at=now)
+        if not taken:
+            return None
+        run.status, run.attempts, run.started_at, run.heartbeat_at = (
+            AgentRun.Status.RUNNING,
+            1,
+            now,
+            now,
+        )
+        run.message._file_ids = []  # an AI reply has no attachments: no query for them
+        # No live text to reset: no worker has written any for this run.
+        messaging_services.message_set_status(
+            message=run.message, status=Message.Status.STREAMING, text=""
+        )
+    return run
+
+
 def run_execute(*, run_id: str) -> None:
     """Produce one reply. Safe to call again for the same run (redelivery, retries)."""
-    early = _call_early(run_id)
-    run = _claim(run_id)
+    untouched = _run_untouched(run_id)
+    early = _call_early(untouched) if untouched is not None else None
+    run = (_claim_untouched(untouched) if untouched is not None else None) or _claim(run_id)
     if run is None or isinstance(run, _Wait):
         if early is not None:
             early.discard()

@@ -1,6 +1,7 @@
-"""The model asked while the worker claims the run (agents.services._call_early), for a provider
-whose model runs elsewhere: the claim overlaps the model reading the prompt, and the reply is
-the same as without it. Eager Celery tasks and real commits, as in test_reply_flow."""
+"""A worker's start on a fresh run: one look that reads all the model needs, the model asked
+while the worker claims the run (for a provider whose model runs elsewhere, so the claim
+overlaps the model reading the prompt), and a claim that is one conditional update. The reply
+is the same as without any of it. Eager Celery tasks and real commits, as in test_reply_flow."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
-from agents import services
+from agents import context, services
 from agents.llm import LLMError
-from agents.models import AgentRun
+from agents.models import AgentRun, ThreadSummary
 from messaging import events
 from messaging.models import Message
 from tests.agents.scripted_llm import ScriptedProvider
+from tests.helpers import upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,17 +66,20 @@ def claims(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Each claim, with whether the model had been asked when it began (waiting a moment for
     the early call's thread, which asks as soon as it runs)."""
     seen: list[dict[str, Any]] = []
-    original = services._claim
 
-    def claim(run_id: str) -> Any:
-        provider: Any = services.get_provider(None)  # type: ignore[arg-type]
-        asked = getattr(provider, "asked", None)
-        seen.append(
-            {"asked_first": bool(asked and asked.wait(5)) if asked else bool(provider.calls)}
-        )
-        return original(run_id)
+    def watched(original: Any) -> Any:
+        def claim(run: Any) -> Any:
+            provider: Any = services.get_provider(None)  # type: ignore[arg-type]
+            asked = getattr(provider, "asked", None)
+            asked_first = asked.wait(5) if asked is not None else bool(provider.calls)
+            seen.append({"asked_first": asked_first})
+            return original(run)
 
-    monkeypatch.setattr(services, "_claim", claim)
+        return claim
+
+    # A fresh run is taken by `_claim_untouched`; any other by `_claim`.
+    monkeypatch.setattr(services, "_claim", watched(services._claim))
+    monkeypatch.setattr(services, "_claim_untouched", watched(services._claim_untouched))
     return seen
 
 
@@ -163,6 +170,7 @@ def test_a_lost_claim_cuts_the_early_call_and_sends_nothing(
     monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: queued.append(run_id))
     reply = _ask(cast)
     # Another delivery of the same task took the run between our look and our claim.
+    monkeypatch.setattr(services, "_claim_untouched", lambda run: None)
     monkeypatch.setattr(services, "_claim", lambda run_id: None)
     published.clear()
     services.run_execute(run_id=queued[0])
@@ -197,3 +205,63 @@ def test_an_early_call_that_breaks_off_fails_the_reply_with_its_reason(cast, rem
     ai = Message.objects.get(pk=reply["messageId"])
     assert ai.status == Message.Status.FAILED and ai.text == "Hello, "
     assert ai.meta["error"] == "The AI service's answer broke off."
+
+
+def _queued(cast, monkeypatch, **extra: Any) -> dict[str, Any]:
+    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: None)
+    response = cast.client(cast.alice).post(
+        f"/api/v1/threads/{cast.thread.pk}/messages/",
+        {"text": "What is in it?", "reply": True, **extra},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    return response.json()["reply"]
+
+
+def test_the_first_look_reads_all_the_model_needs_in_two_queries(cast, monkeypatch):
+    ThreadSummary.objects.create(thread=cast.thread, text="We talked about otters.", upto_seq=0)
+    reply = _queued(cast, monkeypatch)
+    with CaptureQueriesContext(connection) as queries:
+        run = services._run_untouched(reply["runId"])
+        assert run is not None
+        messages = context.build(run=run, count_tokens=lambda text: len(text.split()))
+    assert len(queries.captured_queries) == 2  # the run with its question, then the history
+    assert "We talked about otters." in messages[0]["content"]
+    assert messages[-1]["content"] == "alice: What is in it?"
+
+
+def test_the_files_of_the_question_are_read_when_it_has_some(cast, monkeypatch):
+    uploaded = upload(
+        cast.client(cast.alice), "notes.txt", b"The otters sleep at noon.", "text/plain"
+    )
+    reply = _queued(cast, monkeypatch, fileIds=[uploaded.json()["id"]])
+    run = services._run_untouched(reply["runId"])
+    assert run is not None
+    messages = context.build(run=run, count_tokens=lambda text: len(text.split()))
+    assert "[notes.txt]\nThe otters sleep at noon." in messages[0]["content"]
+
+
+def test_a_run_stopped_after_the_first_look_is_not_taken_by_the_quick_claim(
+    cast, remote_llm, monkeypatch
+):
+    reply = _queued(cast, monkeypatch)
+    run = services._run_untouched(reply["runId"])
+    assert run is not None
+    services.run_stop(message=Message.objects.get(pk=reply["messageId"]), actor=cast.alice)
+    assert services._claim_untouched(run) is None
+    # The full claim then finishes it as stopped, and the model is never read.
+    assert services._claim(reply["runId"]) is None
+    assert AgentRun.objects.get(pk=reply["runId"]).status == AgentRun.Status.CANCELLED
+    assert remote_llm.calls == []
+
+
+def test_only_one_of_two_deliveries_takes_a_fresh_run(cast, monkeypatch):
+    reply = _queued(cast, monkeypatch)
+    first = services._run_untouched(reply["runId"])
+    second = services._run_untouched(reply["runId"])
+    assert first is not None and second is not None
+    assert services._claim_untouched(first) is not None
+    assert services._claim_untouched(second) is None
+    run = AgentRun.objects.get(pk=reply["runId"])
+    assert run.status == AgentRun.Status.RUNNING and run.attempts == 1
+    assert Message.objects.get(pk=reply["messageId"]).status == Message.Status.STREAMING

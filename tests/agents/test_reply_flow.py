@@ -371,15 +371,15 @@ def test_stop_cuts_a_model_that_went_silent(cast, monkeypatch):
 
     provider = _StallingProvider(press_stop)
     monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
-    original = services._claim
+    original = services._claim_untouched
 
-    def claim(run_id):
-        run = original(run_id)
-        if run is not None and not isinstance(run, services._Wait):
+    def claim(untouched):
+        run = original(untouched)
+        if run is not None:
             holder["message_id"] = run.message_id
         return run
 
-    monkeypatch.setattr(services, "_claim", claim)
+    monkeypatch.setattr(services, "_claim_untouched", claim)
     response = _ask(cast)
     assert response.status_code == 201, response.content
     run = AgentRun.objects.get(pk=response.json()["reply"]["runId"])
