@@ -15,7 +15,6 @@ from django.conf import settings
 from agents.llm import ChatMessages, Turn
 from agents.models import Account, AgentRun, ThreadSummary
 from messaging.models import File, Message
-from threads.models import Thread
 
 logger = logging.getLogger(__name__)
 
@@ -57,22 +56,13 @@ def _as_chat(message: Message) -> dict[str, str]:
     return {"role": "user", "content": f"{name}: {message.text}"}
 
 
-def _summary_text(thread: Thread) -> str | None:
-    """The thread's summary; no query when the caller read it with the thread
-    (select_related("thread__summary"))."""
-    try:
-        return thread.summary.text
-    except ThreadSummary.DoesNotExist:
-        return None
-
-
 def build(*, run: AgentRun, count_tokens: Callable[[str], int]) -> ChatMessages:
     """The messages for the model, newest history kept first when trimming is needed."""
     thread = run.thread
     system = BASE_PROMPT
     if thread.session_prompt.strip():
         system += "\n\n" + thread.session_prompt.strip()
-    summary = _summary_text(thread)
+    summary = ThreadSummary.objects.filter(thread=thread).values_list("text", flat=True).first()
     if summary:
         system += "\n\nSummary of the earlier conversation:\n" + summary
     # History up to the question: a regenerated reply must not see the answer it replaces.
@@ -86,8 +76,7 @@ def build(*, run: AgentRun, count_tokens: Callable[[str], int]) -> ChatMessages:
     )
     history.reverse()
     turns = [_as_chat(message) for message in history]
-    # The worker's first look at a run tells whether the question has files (no query here).
-    if run.request_message is not None and getattr(run, "question_has_files", True):
+    if run.request_message is not None:
         attachments = [
             f"[{file.name}]\n{text}"
             for file in run.request_message.files.all()

@@ -108,8 +108,10 @@ def main() -> None:
     timed(messaging_services, "message_post", "post: message_post")
     timed(apis, "reply_request", "post: reply_request (incl. its message_post)")
     timed(agent_services, "_enqueue", "post: on commit, task published")
-    timed(agent_services, "_call_early", "worker: the model asked (look, context, thread)")
-    timed(agent_services, "_claim", "worker: claim")
+    timed(agent_services, "_run_untouched", "worker: first look at the run")
+    timed(agent_services, "_call_early", "worker: the model asked (context, thread start)")
+    timed(agent_services, "_claim_untouched", "worker: claim of a fresh run")
+    timed(agent_services, "_claim", "worker: full claim")
     timed(agent_services.context, "build", "worker: context.build")
     agent_services.get_provider = lambda model: _Instant()
 

@@ -1,5 +1,5 @@
-"""A worker's start on a fresh run: one look that reads all the model needs, the model asked
-while the worker claims the run (for a provider whose model runs elsewhere, so the claim
+"""A worker's start on a fresh run: one look at the run, the model asked while the worker
+claims the run (for a provider whose model runs elsewhere, so the claim
 overlaps the model reading the prompt), and a claim that is one conditional update. The reply
 is the same as without any of it. Eager Celery tasks and real commits, as in test_reply_flow."""
 
@@ -10,12 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
 
 from agents import context, services
 from agents.llm import LLMError
-from agents.models import AgentRun, ThreadSummary
+from agents.models import AgentRun
 from messaging import events
 from messaging.models import Message
 from tests.agents.scripted_llm import ScriptedProvider
@@ -216,18 +214,6 @@ def _queued(cast, monkeypatch, **extra: Any) -> dict[str, Any]:
     )
     assert response.status_code == 201, response.content
     return response.json()["reply"]
-
-
-def test_the_first_look_reads_all_the_model_needs_in_two_queries(cast, monkeypatch):
-    ThreadSummary.objects.create(thread=cast.thread, text="We talked about otters.", upto_seq=0)
-    reply = _queued(cast, monkeypatch)
-    with CaptureQueriesContext(connection) as queries:
-        run = services._run_untouched(reply["runId"])
-        assert run is not None
-        messages = context.build(run=run, count_tokens=lambda text: len(text.split()))
-    assert len(queries.captured_queries) == 2  # the run with its question, then the history
-    assert "We talked about otters." in messages[0]["content"]
-    assert messages[-1]["content"] == "alice: What is in it?"
 
 
 def test_the_files_of_the_question_are_read_when_it_has_some(cast, monkeypatch):
