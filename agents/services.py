@@ -387,6 +387,11 @@ class _EarlyCall(threading.Thread):
         self._pieces: Iterator[str] | None = None
         self._first: str | None = None
         self._error: BaseException | None = None
+        # Whether the first read is over, and whether the call was given up meanwhile: who
+        # sees both closes the stream (never while the other thread is inside it).
+        self._state = threading.Lock()
+        self._done = False
+        self._discarded = False
 
     def run(self) -> None:
         try:
@@ -396,6 +401,12 @@ class _EarlyCall(threading.Thread):
             pass
         except BaseException as exc:  # handed to the worker's thread, raised where it reads
             self._error = exc
+        finally:
+            with self._state:
+                self._done = True
+                discarded = self._discarded
+            if discarded:
+                self._close()
 
     def pieces(self) -> Iterator[str]:
         """The whole stream, for `_pump` (whose pacer can cut the wait for the first piece)."""
@@ -411,15 +422,18 @@ class _EarlyCall(threading.Thread):
             self._close()
 
     def discard(self) -> None:
-        """The claim was lost (finished, stopped, or taken by another worker): cut the call."""
+        """The claim was lost (finished, stopped, or taken by another worker): cut the call,
+        without waiting for a model that has not answered yet (this thread closes the stream
+        when it does)."""
+        with self._state:
+            self._discarded = True
+            done = self._done
         if self.completion.abort is not None:
             self.completion.abort()
-        self.join(timeout=settings.LLM_TIMEOUT_SECONDS + 5)
-        self._close()
+        if done:
+            self._close()
 
     def _close(self) -> None:
-        if self.is_alive():
-            return  # still inside next(): the provider's own timeout ends it
         close = getattr(self._pieces, "close", None)
         if close is not None:
             close()
