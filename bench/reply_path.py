@@ -188,7 +188,11 @@ def main() -> None:
             'Threadline\'s own work is left: the POST with `"reply": true` through the Django '
             "test client (authentication, access, model check, both messages, the run, the "
             "reservation, commit, the task published) and, in the worker, `run_execute` from its "
-            "start until the first delta is handed on (claim, context). Each phase is timed by "
+            "start until the first delta is handed on. The provider is remote, as the `openai` "
+            "one is, so the worker takes its first look at the run, builds the context, asks the "
+            "model on a thread of its own and claims the run meanwhile; an instant model answers "
+            "before the claim is done, so here the first delta waits for the claim, which a real "
+            "model's prompt reading hides. Each phase is timed by "
             "wrapping the function that does it (message_post runs twice per POST: both "
             f"counted). {args.trials} trials, milliseconds. Not in here: daphne, the Celery "
             "hop, the socket (bench/streaming.py measures the whole path).",
