@@ -514,7 +514,12 @@ def run_execute(*, run_id: str) -> None:
     """Produce one reply. Safe to call again for the same run (redelivery, retries)."""
     untouched = _run_untouched(run_id)
     early = _call_early(untouched) if untouched is not None else None
-    run = (_claim_untouched(untouched) if untouched is not None else None) or _claim(run_id)
+    try:
+        run = (_claim_untouched(untouched) if untouched is not None else None) or _claim(run_id)
+    except BaseException:
+        if early is not None:
+            early.discard()  # the task fails (and is redelivered): no model call left open
+        raise
     if run is None or isinstance(run, _Wait):
         if early is not None:
             early.discard()

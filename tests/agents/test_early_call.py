@@ -282,3 +282,21 @@ def test_a_lost_claim_does_not_wait_for_a_model_that_has_not_answered(
     while not remote_llm.closed and time.monotonic() < deadline:
         time.sleep(0.01)
     assert remote_llm.closed  # closed by the call's own thread once the model answered
+
+
+def test_a_claim_that_fails_cuts_the_early_call(cast, remote_llm, monkeypatch):
+    queued: list[str] = []
+    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: queued.append(run_id))
+    _ask(cast)
+
+    def database_gone(run: Any) -> Any:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(services, "_claim_untouched", database_gone)
+    with pytest.raises(ConnectionError):
+        services.run_execute(run_id=queued[0])
+    assert remote_llm.aborted.is_set()
+    deadline = time.monotonic() + 5
+    while not remote_llm.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert remote_llm.closed
