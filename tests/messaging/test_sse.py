@@ -384,6 +384,10 @@ async def test_resuming_with_last_event_id_gives_exactly_the_missed_events(
     one, two = cast.thread.pk, other.pk
     sent = [await act(post, cast.thread, cast.alice, f"m{i}") for i in range(4)]
     sent_two = await act(post, other, cast.alice, "in two")  # seq 2 of thread two
+    # The events above are published from a background thread; bob's streams must open
+    # after they went out, or his own stream gets thread two's chatThreadAdded live (this
+    # test failed that way now and then).
+    assert await act(events.publish_drain)
     positions = f"{one}:2,{two}:1"
     query = f"threadId={one}&threadId={two}"
 
