@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.db.models import OuterRef
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
+from threads.backends import permission_codes_of, permissions_preload
 from threads.models import ApiToken, User
 from threads.services import token_digest
 
@@ -21,13 +23,17 @@ _LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 def user_from_token(raw: str) -> User | None:
     """The active user a raw token belongs to, or None. Shared by REST and WebSocket auth."""
-    token = (
-        ApiToken.objects.select_related("user")
-        .filter(digest=token_digest(raw), revoked_at__isnull=True, user__is_active=True)
-        .first()
+    tokens = ApiToken.objects.select_related("user").filter(
+        digest=token_digest(raw), revoked_at__isnull=True, user__is_active=True
     )
+    # The user's permissions ride along (PostgreSQL): every API call checks one.
+    codes = permission_codes_of(OuterRef("user_id"))
+    if codes is not None:
+        tokens = tokens.annotate(permission_codes=codes)
+    token = tokens.first()
     if token is None:
         return None
+    permissions_preload(token.user, getattr(token, "permission_codes", None))
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > _LAST_USED_GRANULARITY:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from tests.conftest import Cast
-from tests.helpers import API, error
+from tests.helpers import API, IS_POSTGRES, error, set_chat_perms
 from threads import services
 from threads.authentication import user_from_token
 from threads.models import ApiToken
@@ -121,3 +123,43 @@ def test_a_bearer_token_needs_no_csrf_token(cast: Cast) -> None:
         f"{API}/threads/{cast.thread.pk}/messages/", {"text": "ok"}, format="json"
     )
     assert response.status_code == 201
+
+
+# --- permissions read with the token (PostgreSQL) ------------------------------------------
+
+
+def test_a_token_request_checks_its_permission_without_a_query_of_its_own(cast: Cast) -> None:
+    client = cast.client(cast.alice)
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(f"{API}/threads/{cast.thread.pk}/messages/").status_code == 200
+    reading_permissions = [q["sql"] for q in queries if "auth_permission" in q["sql"]]
+    assert len(reading_permissions) == 1
+    if IS_POSTGRES:  # carried by the token's query
+        assert "threads_apitoken" in reading_permissions[0]
+    else:  # read on first use, as Django does
+        assert "threads_apitoken" not in reading_permissions[0]
+
+
+def test_permissions_from_groups_and_from_the_user_both_count(cast: Cast) -> None:
+    client = cast.client(cast.alice)  # her chat permissions come from the default group
+    assert client.get(f"{API}/threads/{cast.thread.pk}/messages/").status_code == 200
+    set_chat_perms(cast.alice, ["chat-svc:message:view"])  # now only this one, directly
+    assert client.get(f"{API}/threads/{cast.thread.pk}/messages/").status_code == 200
+    posted = client.post(f"{API}/threads/{cast.thread.pk}/messages/", {"text": "hi"}, format="json")
+    assert posted.status_code == 403
+
+
+def test_a_permission_taken_away_counts_from_the_next_request(cast: Cast) -> None:
+    client = cast.client(cast.alice)
+    assert client.get(f"{API}/threads/{cast.thread.pk}/messages/").status_code == 200
+    set_chat_perms(cast.alice, [])
+    assert client.get(f"{API}/threads/{cast.thread.pk}/messages/").status_code == 403
+
+
+def test_a_superuser_token_still_holds_every_permission(cast: Cast) -> None:
+    cast.alice.is_superuser = True
+    cast.alice.save()
+    set_chat_perms(cast.alice, [])
+    assert (
+        cast.client(cast.alice).get(f"{API}/threads/{cast.thread.pk}/messages/").status_code == 200
+    )
