@@ -1,7 +1,7 @@
 """A worker's start on a fresh run: one look at the run, the model asked while the worker
-claims the run (for a provider whose model runs elsewhere, so the claim
-overlaps the model reading the prompt), and a claim that is one conditional update. The reply
-is the same as without any of it. Eager Celery tasks and real commits, as in test_reply_flow."""
+claims the run (for a provider whose model runs elsewhere, so the claim overlaps the model
+reading the prompt), and a claim that is one conditional update. The reply is the same as
+without any of it. Eager Celery tasks and real commits, as in test_reply_flow."""
 
 from __future__ import annotations
 
