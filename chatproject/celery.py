@@ -15,16 +15,11 @@ app.autodiscover_tasks()
 
 
 @worker_ready.connect
-def _start_reaper(**kwargs: object) -> None:
-    # Every worker also watches for replies whose worker died (no beat process needed).
+def _on_worker_ready(**kwargs: object) -> None:
+    from agents.llm import providers_warm_up_in_background
     from chatproject.embedded import start_reaper
 
+    # Every worker also watches for replies whose worker died (no beat process needed).
     start_reaper()
-
-
-@worker_ready.connect
-def _warm_up_providers(**kwargs: object) -> None:
     # The first reply must not wait for the model SDK's imports.
-    from agents.llm import providers_warm_up_in_background
-
     providers_warm_up_in_background()

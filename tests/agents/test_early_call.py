@@ -46,6 +46,13 @@ class RemoteScriptedProvider(ScriptedProvider):
         return sent_on_first_read()
 
 
+def _wait_until_closed(provider: ScriptedProvider) -> None:
+    """Give the early call's own thread a moment: it closes the stream once the model answers."""
+    deadline = time.monotonic() + 5
+    while not provider.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def remote_llm(monkeypatch: pytest.MonkeyPatch) -> RemoteScriptedProvider:
     provider = RemoteScriptedProvider()
@@ -176,9 +183,7 @@ def test_a_lost_claim_cuts_the_early_call_and_sends_nothing(
     assert remote_llm.asked.is_set()
     assert remote_llm.aborted.is_set()
     # Closed by whichever thread finishes last: the worker does not wait for the model.
-    deadline = time.monotonic() + 5
-    while not remote_llm.closed and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_until_closed(remote_llm)
     assert remote_llm.closed
     assert [e for e in published if e["type"] == "chatMessageDelta"] == []
     ai = Message.objects.get(pk=reply["messageId"])
@@ -278,9 +283,7 @@ def test_a_lost_claim_does_not_wait_for_a_model_that_has_not_answered(
     release.set()
     worker.join(10)
     assert finished_before_the_model_answered
-    deadline = time.monotonic() + 5
-    while not remote_llm.closed and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_until_closed(remote_llm)
     assert remote_llm.closed  # closed by the call's own thread once the model answered
 
 
@@ -296,7 +299,5 @@ def test_a_claim_that_fails_cuts_the_early_call(cast, remote_llm, monkeypatch):
     with pytest.raises(ConnectionError):
         services.run_execute(run_id=queued[0])
     assert remote_llm.aborted.is_set()
-    deadline = time.monotonic() + 5
-    while not remote_llm.closed and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_until_closed(remote_llm)
     assert remote_llm.closed
