@@ -56,8 +56,15 @@ def _as_chat(message: Message) -> dict[str, str]:
     return {"role": "user", "content": f"{name}: {message.text}"}
 
 
-def build(*, run: AgentRun, count_tokens: Callable[[str], int]) -> ChatMessages:
-    """The messages for the model, newest history kept first when trimming is needed."""
+def build(
+    *, run: AgentRun, count_tokens: Callable[[str], int], question_pending: bool = False
+) -> ChatMessages:
+    """The messages for the model, newest history kept first when trimming is needed.
+
+    `question_pending`: the question is not committed yet (a worker asking the model while the
+    post commits), so the database does not show it; it comes from `run.request_message` as
+    the post saw it, and it has no attachments (a question with files is never asked early).
+    """
     thread = run.thread
     system = BASE_PROMPT
     if thread.session_prompt.strip():
@@ -67,16 +74,25 @@ def build(*, run: AgentRun, count_tokens: Callable[[str], int]) -> ChatMessages:
         system += "\n\nSummary of the earlier conversation:\n" + summary
     # History up to the question: a regenerated reply must not see the answer it replaces.
     upto = run.request_message.seq if run.request_message else run.message.seq - 1
+    room = settings.MAX_CHAT_HISTORY_CONTEXT
+    pending = run.request_message if question_pending and run.request_message else None
+    if pending is not None:
+        # Read what is before it (all committed: those rows took their seq under the lock the
+        # question's post holds) and add it as the post saw it, in the place it would take.
+        upto -= 1
+        room -= 1 if pending.text else 0
     history = list(
         Message.objects.filter(thread=thread, seq__lte=upto)
         .exclude(text="")
         .exclude(status__in=[Message.Status.FAILED, Message.Status.QUEUED])
         .select_related("author")
-        .order_by("-seq")[: settings.MAX_CHAT_HISTORY_CONTEXT]
+        .order_by("-seq")[: max(room, 0)]
     )
     history.reverse()
+    if pending is not None and pending.text:
+        history.append(pending)
     turns = [_as_chat(message) for message in history]
-    if run.request_message is not None:
+    if run.request_message is not None and pending is None:
         attachments = [
             f"[{file.name}]\n{text}"
             for file in run.request_message.files.all()

@@ -12,6 +12,7 @@ charges twice; a run whose worker vanished is re-run once or failed by `runs_rea
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import threading
 import time
@@ -29,7 +30,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from agents import context, housekeeping
-from agents.llm import Completion, LLMError, Usage, get_provider, open_stream
+from agents.llm import ChatMessages, Completion, LLMError, Usage, get_provider, open_stream
 from agents.models import Account, AgentMode, AgentRun, AIModel, Artifact, CrewSlot, LedgerEntry
 from messaging import events
 from messaging import services as messaging_services
@@ -38,6 +39,7 @@ from messaging.livetext import live_text_drop, live_text_set
 from messaging.models import Message
 from messaging.storage import objects_delete_on_commit
 from threads.errors import Conflict, Forbidden, NotFound
+from threads.ids import new_run_id
 from threads.models import Thread, User
 from threads.selectors import is_thread_owner
 
@@ -206,6 +208,13 @@ def reply_request(
         account.balance -= reserve
         account.save(update_fields=["balance", "updated_at"])
         account_id = account.pk
+    run_id = new_run_id()
+    # Refusals are all behind us: the worker may start asking the model while this commits.
+    published_early = (
+        mode == AgentMode.CORE
+        and request_message is not None
+        and _publish_before_commit(run_id, thread=thread, model=model, question=request_message)
+    )
     message, _ = messaging_services.message_post(
         thread=thread,
         author=None,
@@ -219,6 +228,7 @@ def reply_request(
         },
     )
     run = AgentRun.objects.create(
+        id=run_id,
         thread=thread,
         message=message,
         request_message=request_message,
@@ -235,13 +245,72 @@ def reply_request(
         run=run,
         note=f"reply with {model.name}",
     )
-    run_id = run.pk
     if gateway_token and settings.GATEWAY_URL and mode == AgentMode.CREW:
         token_key = _gateway_token_key(run_id)
         timeout = settings.RUN_TIME_LIMIT_SECONDS * 2 + 600
         transaction.on_commit(lambda: cache.set(token_key, gateway_token, timeout=timeout))
-    transaction.on_commit(lambda: _enqueue(run_id, crew=mode == AgentMode.CREW))
+    if not published_early:
+        transaction.on_commit(lambda: _enqueue(run_id, crew=mode == AgentMode.CREW))
     return run
+
+
+def _commit_lock_key(run_id: str) -> int:
+    """The PostgreSQL advisory lock a reply's post holds until it commits (64 bits of the run
+    id; a collision only makes one worker wait for another post's commit)."""
+    digest = hashlib.blake2b(run_id.encode(), digest_size=8, person=b"tl-run-commit").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _publish_before_commit(
+    run_id: str, *, thread: Thread, model: AIModel, question: Message
+) -> bool:
+    """Queue the run before the post commits, with what its prompt needs that the worker
+    cannot read yet (the question), so the worker asks the model while the post is still
+    writing and committing: that overlap is most of the time to the first token that is ours.
+    The post holds an advisory lock until it ends, and the worker claims nothing before it
+    can take that lock; a post that rolls back leaves no run, and the worker drops its call.
+
+    Only where it can work and pays off: PostgreSQL (the lock), a real broker (an eager task
+    would run here, before the run exists), a model served elsewhere (the bundled one is asked
+    after the claim anyway) and a question without attachments (their text is read from rows
+    this transaction has not committed). Returns whether it published; if not, the caller
+    queues the run on commit as usual."""
+    from agents.llm import provider_is_remote
+    from agents.tasks import run_agent
+
+    if (
+        connection.vendor != "postgresql"
+        or not connection.in_atomic_block
+        or run_agent.app.conf.task_always_eager
+        or not provider_is_remote(model)
+        or getattr(question, "_file_ids", None)
+    ):
+        return False
+    early = {
+        "threadId": thread.pk,
+        "sessionPrompt": thread.session_prompt,
+        "modelId": model.pk,
+        "provider": model.provider,
+        "providerModel": model.provider_model,
+        "contextWindow": model.context_window,
+        "maxOutputTokens": model.max_output_tokens,
+        "question": {
+            "id": question.pk,
+            "seq": question.seq,
+            "text": question.text,
+            "authorId": question.author_id,
+            "author": question.author.username if question.author else "",
+        },
+    }
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_commit_lock_key(run_id)])
+    try:
+        run_agent.apply_async(args=(run_id,), kwargs={"before_commit": early})
+    except Exception:
+        # The broker refused: queue it on commit instead, which reports the failure as before.
+        logger.warning("run %s: could not queue before commit", run_id, exc_info=True)
+        return False
+    return True
 
 
 def _gateway_token_key(run_id: str) -> str:
@@ -393,6 +462,16 @@ class _EarlyCall(threading.Thread):
         self._done = False
         self._discarded = False
 
+    @classmethod
+    def start_for(cls, provider: Any, *, messages: ChatMessages, max_tokens: int) -> _EarlyCall:
+        call = cls(
+            open_call=lambda completion: provider.stream(
+                messages=messages, max_tokens=max_tokens, completion=completion
+            )
+        )
+        call.start()
+        return call
+
     def run(self) -> None:
         try:
             self._pieces = self._open_call(self.completion)
@@ -471,14 +550,60 @@ def _call_early(run: AgentRun) -> _EarlyCall | None:
         # The claimed path builds the same again and reports the failure on the message.
         logger.info("run %s: no early model call", run.pk, exc_info=True)
         return None
-    max_tokens = run.model.max_output_tokens
-    call = _EarlyCall(
-        open_call=lambda completion: provider.stream(
-            messages=messages, max_tokens=max_tokens, completion=completion
+    return _EarlyCall.start_for(provider, messages=messages, max_tokens=run.model.max_output_tokens)
+
+
+def _call_before_commit(run_id: str, early: dict[str, Any]) -> _EarlyCall | None:
+    """Start the model call of a run whose post has not committed yet
+    (`_publish_before_commit`), from what the post sent: the rows it wrote are not visible
+    yet, but the history before the question is."""
+    try:
+        question = early["question"]
+        model = AIModel(
+            pk=early["modelId"],
+            provider=early["provider"],
+            provider_model=early["providerModel"],
+            context_window=early["contextWindow"],
+            max_output_tokens=early["maxOutputTokens"],
         )
-    )
-    call.start()
-    return call
+        thread = Thread(pk=early["threadId"], session_prompt=early["sessionPrompt"])
+        asker = User(pk=question["authorId"], username=question["author"])
+        request_message = Message(
+            pk=question["id"],
+            thread=thread,
+            seq=question["seq"],
+            text=question["text"],
+            author=asker,
+        )
+        run = AgentRun(pk=run_id, thread=thread, model=model, request_message=request_message)
+        provider = get_provider(model)
+        if not getattr(type(provider), "remote", False):
+            return None
+        messages = context.build(run=run, count_tokens=provider.count_tokens, question_pending=True)
+    except Exception:
+        # The run, once committed, is claimed and asked the usual way.
+        logger.info("run %s: no model call before commit", run_id, exc_info=True)
+        return None
+    return _EarlyCall.start_for(provider, messages=messages, max_tokens=model.max_output_tokens)
+
+
+def _post_in_progress(run_id: str) -> bool:
+    """Whether the post that queued this run before committing is still open (it holds the
+    run's advisory lock until it ends). A task that waited in the queue, or came again after
+    a worker died, finds it ended: that run goes the usual way, and a stop or a second
+    delivery never reaches the model. Outside a transaction the lock taken here is let go as
+    the statement ends."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock_shared(%s)", [_commit_lock_key(run_id)])
+        (ended,) = cursor.fetchone()
+    return not ended
+
+
+def _wait_for_post(run_id: str) -> None:
+    """Until that post has ended, committed or rolled back; the next statement sees what it
+    committed."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [_commit_lock_key(run_id)])
 
 
 def _claim_untouched(run: AgentRun) -> AgentRun | None:
@@ -510,11 +635,23 @@ def _claim_untouched(run: AgentRun) -> AgentRun | None:
     return run
 
 
-def run_execute(*, run_id: str) -> None:
-    """Produce one reply. Safe to call again for the same run (redelivery, retries)."""
-    untouched = _run_untouched(run_id)
-    early = _call_early(untouched) if untouched is not None else None
+def run_execute(*, run_id: str, before_commit: dict[str, Any] | None = None) -> None:
+    """Produce one reply. Safe to call again for the same run (redelivery, retries).
+
+    `before_commit`: the run was queued before its post committed, with what the prompt
+    needs that the worker cannot read yet (`_publish_before_commit`); the model is asked
+    first, and the run looked at once the post has ended."""
+    early = None
     try:
+        if before_commit is not None and _post_in_progress(run_id):
+            early = _call_before_commit(run_id, before_commit)
+            _wait_for_post(run_id)
+        untouched = _run_untouched(run_id)
+        if untouched is None and early is not None:
+            early.discard()  # rolled back or stopped meanwhile: `_claim` sorts it out
+            early = None
+        if untouched is not None and early is None:
+            early = _call_early(untouched)
         run = (_claim_untouched(untouched) if untouched is not None else None) or _claim(run_id)
     except BaseException:
         if early is not None:

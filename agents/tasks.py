@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 from django.conf import settings
 
@@ -14,10 +16,10 @@ from django.conf import settings
     soft_time_limit=settings.RUN_TIME_LIMIT_SECONDS + 30,
     time_limit=settings.RUN_TIME_LIMIT_SECONDS + 60,
 )
-def run_agent(run_id: str) -> None:
+def run_agent(run_id: str, before_commit: dict[str, Any] | None = None) -> None:
     from agents.services import run_execute
 
-    run_execute(run_id=run_id)
+    run_execute(run_id=run_id, before_commit=before_commit)
 
 
 @shared_task(name="agents.reap_stale_runs", ignore_result=True)

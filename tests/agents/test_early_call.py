@@ -6,8 +6,6 @@ without any of it. Eager Celery tasks and real commits, as in test_reply_flow.""
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -17,40 +15,10 @@ from agents.llm import LLMError
 from agents.models import AgentRun
 from messaging import events
 from messaging.models import Message
-from tests.agents.scripted_llm import ScriptedProvider
+from tests.agents.scripted_llm import RemoteScriptedProvider, wait_until_closed
 from tests.helpers import upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@dataclass
-class RemoteScriptedProvider(ScriptedProvider):
-    """A TEST DOUBLE of a model served elsewhere (the `openai` provider's `remote` flag): the
-    scripted pieces, and a record of when the request went out and whether it was cut."""
-
-    remote = True
-    asked: threading.Event = field(default_factory=threading.Event)
-    asked_in: list[str] = field(default_factory=list)
-    aborted: threading.Event = field(default_factory=threading.Event)
-
-    def stream(self, **kwargs: Any) -> Any:
-        pieces = super().stream(**kwargs)
-        kwargs["completion"].abort = self.aborted.set
-
-        def sent_on_first_read() -> Any:
-            # Like an HTTP stream: the request goes out when the first piece is asked for.
-            self.asked_in.append(threading.current_thread().name)
-            self.asked.set()
-            yield from pieces
-
-        return sent_on_first_read()
-
-
-def _wait_until_closed(provider: ScriptedProvider) -> None:
-    """Give the early call's own thread a moment: it closes the stream once the model answers."""
-    deadline = time.monotonic() + 5
-    while not provider.closed and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -183,7 +151,7 @@ def test_a_lost_claim_cuts_the_early_call_and_sends_nothing(
     assert remote_llm.asked.is_set()
     assert remote_llm.aborted.is_set()
     # Closed by whichever thread finishes last: the worker does not wait for the model.
-    _wait_until_closed(remote_llm)
+    wait_until_closed(remote_llm)
     assert remote_llm.closed
     assert [e for e in published if e["type"] == "chatMessageDelta"] == []
     ai = Message.objects.get(pk=reply["messageId"])
@@ -283,7 +251,7 @@ def test_a_lost_claim_does_not_wait_for_a_model_that_has_not_answered(
     release.set()
     worker.join(10)
     assert finished_before_the_model_answered
-    _wait_until_closed(remote_llm)
+    wait_until_closed(remote_llm)
     assert remote_llm.closed  # closed by the call's own thread once the model answered
 
 
@@ -299,5 +267,5 @@ def test_a_claim_that_fails_cuts_the_early_call(cast, remote_llm, monkeypatch):
     with pytest.raises(ConnectionError):
         services.run_execute(run_id=queued[0])
     assert remote_llm.aborted.is_set()
-    _wait_until_closed(remote_llm)
+    wait_until_closed(remote_llm)
     assert remote_llm.closed

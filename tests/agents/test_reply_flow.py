@@ -183,9 +183,9 @@ def test_stop_mid_stream_keeps_the_partial_text_and_charges_only_what_was_produc
     scripted_llm.before_piece = press_stop
     original = services.run_execute
 
-    def capture(*, run_id: str) -> None:
+    def capture(*, run_id: str, **options: Any) -> None:
         holder["ai"] = AgentRun.objects.get(pk=run_id).message
-        original(run_id=run_id)
+        original(run_id=run_id, **options)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(services, "run_execute", capture)
