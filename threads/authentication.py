@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
-from django.db.models import OuterRef
+from django.db import connection
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
-from threads.backends import permission_codes_of, permissions_preload
+from threads.backends import permission_codes_sql, permissions_preload
 from threads.models import ApiToken, User
 from threads.services import token_digest
 
@@ -21,23 +22,50 @@ _KEYWORDS = (b"bearer", b"token")
 _LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 
+@functools.cache
+def _token_sql(vendor: str) -> str:
+    """The token lookup, written once per database vendor. Built with the ORM, the same query (the
+    token, its user, and on PostgreSQL the user's permissions) cost more Python to compile
+    than the database took to answer it (4.5 ms against 0.2 ms for a round trip, measured
+    here), on every API call. Parameters: the time before which `last_used_at` is stale, and
+    the digest."""
+    q = connection.ops.quote_name
+    user, token = User._meta, ApiToken._meta
+    user_id = f"u.{q(user.pk.column)}"
+    last_used = f"t.{q(token.get_field('last_used_at').column)}"
+    columns = [f"u.{q(field.column)}" for field in user.concrete_fields]
+    columns += [
+        f"t.{q(token.pk.column)} AS token_id",
+        f"({last_used} IS NULL OR {last_used} < %s) AS token_stale",
+    ]
+    codes = permission_codes_sql(user_id)
+    if codes is not None:
+        columns.append(f"{codes} AS permission_codes")
+    return (
+        f"SELECT {', '.join(columns)} FROM {q(token.db_table)} t"  # noqa: S608 - model names
+        f" INNER JOIN {q(user.db_table)} u"
+        f" ON {user_id} = t.{q(token.get_field('user').column)}"
+        f" WHERE t.{q(token.get_field('digest').column)} = %s"
+        f" AND t.{q(token.get_field('revoked_at').column)} IS NULL"
+        f" AND u.{q(user.get_field('is_active').column)}"
+    )
+
+
 def user_from_token(raw: str) -> User | None:
     """The active user a raw token belongs to, or None. Shared by REST and WebSocket auth."""
-    tokens = ApiToken.objects.select_related("user").filter(
-        digest=token_digest(raw), revoked_at__isnull=True, user__is_active=True
-    )
-    # The user's permissions ride along (PostgreSQL): every API call checks one.
-    codes = permission_codes_of(OuterRef("user_id"))
-    if codes is not None:
-        tokens = tokens.annotate(permission_codes=codes)
-    token = tokens.first()
-    if token is None:
-        return None
-    permissions_preload(token.user, getattr(token, "permission_codes", None))
     now = timezone.now()
-    if token.last_used_at is None or now - token.last_used_at > _LAST_USED_GRANULARITY:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return token.user
+    stale_before = connection.ops.adapt_datetimefield_value(now - _LAST_USED_GRANULARITY)
+    rows = User.objects.raw(_token_sql(connection.vendor), [stale_before, token_digest(raw)])
+    user = next(iter(rows), None)
+    if user is None:
+        return None
+    extra = vars(user)  # the columns that are not the user's, taken off it
+    # The user's permissions ride along (PostgreSQL): every API call checks one.
+    permissions_preload(user, extra.pop("permission_codes", None))
+    token_id, stale = extra.pop("token_id"), extra.pop("token_stale")
+    if stale:
+        ApiToken.objects.filter(pk=token_id).update(last_used_at=now)
+    return user
 
 
 class BearerTokenAuthentication(BaseAuthentication):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.models import ContentType
 from django.db import connection
-from django.db.models import CharField, OuterRef, Q, Value
-from django.db.models.expressions import BaseExpression
-from django.db.models.functions import Concat
 
 
 class OneQueryModelBackend(ModelBackend):
@@ -34,27 +33,36 @@ class OneQueryModelBackend(ModelBackend):
         return set(user_obj._perm_cache)
 
 
-def permission_codes_of(user_id: OuterRef) -> BaseExpression | None:
-    """The user's and their groups' permission codes ("app_label.codename") as one array
-    column, for a query that reads the user anyway (token authentication) to carry: one round
-    trip fewer on every API call. PostgreSQL only (an array subquery); elsewhere None, and
-    the backend reads them on first use as before. Not for superusers: they hold every
-    permission, which the backend lists itself."""
+def permission_codes_sql(user_id: str) -> str | None:
+    """SQL for the user's and their groups' permission codes ("app_label.codename") as one
+    array column, for a query that reads the user anyway (token authentication) to carry: one
+    round trip fewer on every API call. `user_id` is the SQL of the user's id in that query.
+    PostgreSQL only (an array subquery); elsewhere None, and the backend reads them on first
+    use as before. Not for superusers: they hold every permission, which the backend lists."""
     if connection.vendor != "postgresql":
         return None
-    from django.contrib.postgres.expressions import ArraySubquery
-
-    codes = (
-        Permission.objects.filter(Q(user=user_id) | Q(group__user=user_id))
-        .order_by()
-        .values_list(
-            Concat("content_type__app_label", Value("."), "codename", output_field=CharField())
-        )
+    q = connection.ops.quote_name
+    user_model = get_user_model()
+    direct = user_model._meta.get_field("user_permissions")
+    groups = user_model._meta.get_field("groups")
+    group_permissions = Group._meta.get_field("permissions")
+    permission, content_type = Permission._meta, ContentType._meta
+    return (
+        f"ARRAY(SELECT ct.{q('app_label')} || '.' || p.{q('codename')}"  # noqa: S608 - model names
+        f" FROM {q(permission.db_table)} p"
+        f" INNER JOIN {q(content_type.db_table)} ct ON ct.{q('id')} = p.{q('content_type_id')}"
+        f" WHERE p.{q('id')} IN ("
+        f"SELECT d.{q(direct.m2m_reverse_name())} FROM {q(direct.m2m_db_table())} d"
+        f" WHERE d.{q(direct.m2m_column_name())} = {user_id}"
+        f" UNION ALL SELECT gp.{q(group_permissions.m2m_reverse_name())}"
+        f" FROM {q(group_permissions.m2m_db_table())} gp"
+        f" INNER JOIN {q(groups.m2m_db_table())} ug"
+        f" ON ug.{q(groups.m2m_reverse_name())} = gp.{q(group_permissions.m2m_column_name())}"
+        f" WHERE ug.{q(groups.m2m_column_name())} = {user_id}))"
     )
-    return ArraySubquery(codes)
 
 
 def permissions_preload(user: Any, codes: list[str] | None) -> None:
-    """Cache codes read by `permission_codes_of` on the user, as get_all_permissions would."""
+    """Cache codes read by `permission_codes_sql` on the user, as get_all_permissions would."""
     if codes is not None and user.is_active and not user.is_superuser:
         user._perm_cache = set(codes)

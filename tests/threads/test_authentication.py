@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -91,6 +92,20 @@ def test_using_a_token_records_when_it_was_last_used(cast: Cast) -> None:
     assert user_from_token(raw) == cast.alice
     token.refresh_from_db()
     assert token.last_used_at is not None
+
+
+def test_last_used_is_written_at_most_once_a_minute(cast: Cast) -> None:
+    token, raw = services.token_issue(user=cast.alice)
+    assert user_from_token(raw) == cast.alice
+    token.refresh_from_db()
+    first = token.last_used_at
+    assert user_from_token(raw) == cast.alice
+    token.refresh_from_db()
+    assert token.last_used_at == first  # a read stays a read
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=first - timedelta(minutes=2))
+    assert user_from_token(raw) == cast.alice
+    token.refresh_from_db()
+    assert token.last_used_at is not None and token.last_used_at > first - timedelta(seconds=1)
 
 
 def test_session_login_works_on_the_api(cast: Cast) -> None:
