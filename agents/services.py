@@ -30,7 +30,15 @@ from django.db.models import Q
 from django.utils import timezone
 
 from agents import context, housekeeping
-from agents.llm import ChatMessages, Completion, LLMError, Usage, get_provider, open_stream
+from agents.llm import (
+    ChatMessages,
+    Completion,
+    LLMError,
+    Usage,
+    get_provider,
+    open_stream,
+    provider_is_remote,
+)
 from agents.models import Account, AgentMode, AgentRun, AIModel, Artifact, CrewSlot, LedgerEntry
 from messaging import events
 from messaging import services as messaging_services
@@ -275,7 +283,6 @@ def _publish_before_commit(
     after the claim anyway) and a question without attachments (their text is read from rows
     this transaction has not committed). Returns whether it published; if not, the caller
     queues the run on commit as usual."""
-    from agents.llm import provider_is_remote
     from agents.tasks import run_agent
 
     if (

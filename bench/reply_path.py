@@ -2,8 +2,9 @@
 
 In-process on PostgreSQL and Redis, no model (the provider answers at once), so what is left is
 ours: the POST with `"reply": true` (authentication, access, model check, message_post,
-reply_request, commit, the task published) and, in the worker, everything from `run_execute`
-until the first delta is handed to the publisher (claim, context, provider). Queries are
+reply_request, commit, the task published) and, in the worker (a thread started when the task
+is published, before the post commits for a remote model), everything from `run_execute`
+until the first delta is handed to the publisher (context, model call, claim). Queries are
 counted with Django's CaptureQueriesContext; each phase is timed by wrapping the function that
 does it. The Celery hop and the socket delivery are not in here (bench/streaming.py has the end
 to end figure).
@@ -17,6 +18,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -68,6 +70,7 @@ def main() -> None:
     import agents.services as agent_services
     import messaging.apis as apis
     from agents.models import AIModel
+    from agents.tasks import run_agent
     from messaging import events
     from messaging import services as messaging_services
     from threads import services as thread_services
@@ -115,14 +118,37 @@ def main() -> None:
     timed(agent_services.context, "build", "worker: context.build")
     agent_services.get_provider = lambda model: _Instant()
 
-    enqueued: list[str] = []
-    real_enqueue = agent_services._enqueue
+    timed(agent_services, "_call_before_commit", "worker: the model asked before the commit")
+    timed(agent_services, "_wait_for_post", "worker: waiting for the post's commit")
 
-    def enqueue(run_id: str, **kw: Any) -> None:
-        enqueued.append(run_id)
-        real_enqueue(run_id, **kw)
+    # The worker runs on a thread of its own, from the moment the task is published: before
+    # the commit for this remote model (agents.services._publish_before_commit), on commit
+    # for anything else.
+    workers: list[threading.Thread] = []
+    worker_queries: list[float] = []
+    worker_sql: list[list[str]] = []
 
-    agent_services._enqueue = enqueue
+    def work(run_id: str, before_commit: dict[str, Any] | None) -> None:
+        try:
+            with CaptureQueriesContext(connection) as worker_ctx:
+                marks["worker"] = time.perf_counter()
+                agent_services.run_execute(run_id=run_id, before_commit=before_commit)
+            worker_queries.append(len(worker_ctx.captured_queries))
+            worker_sql.append([q["sql"][:160] for q in worker_ctx.captured_queries])
+        finally:
+            connection.close()
+
+    def start_worker(run_id: str, before_commit: dict[str, Any] | None = None) -> None:
+        worker = threading.Thread(target=work, args=(run_id, before_commit))
+        workers.append(worker)
+        worker.start()
+
+    def apply_async(args: tuple[str], kwargs: dict[str, Any] | None = None, **o: Any) -> None:
+        start_worker(args[0], (kwargs or {}).get("before_commit"))
+
+    run_agent.app.conf.task_always_eager = False
+    run_agent.apply_async = apply_async
+    agent_services._enqueue = lambda run_id, **kw: start_worker(run_id)
 
     first_delta: list[float] = []
     flush = agent_services._flush
@@ -136,7 +162,6 @@ def main() -> None:
 
     post_ms: list[float] = []
     post_queries: list[float] = []
-    worker_queries: list[float] = []
     thread_for_history = None
     if args.history:
         thread_for_history, _ = messaging_services.thread_create(creator=user, title="long")
@@ -155,22 +180,19 @@ def main() -> None:
         assert response.status_code == 201, response.content
         if args.queries and trial == 5:
             print("\n".join(q["sql"][:160] for q in post_ctx.captured_queries))
-        run_id = enqueued.pop()
-        with CaptureQueriesContext(connection) as worker_ctx:
-            marks["worker"] = time.perf_counter()
-            agent_services.run_execute(run_id=run_id)
+        workers.pop().join(30)
         events.publish_drain()
         if args.queries and trial == 5:
             print("--- worker")
-            print("\n".join(q["sql"][:160] for q in worker_ctx.captured_queries))
+            print("\n".join(worker_sql[-1]))
         if trial < 5:  # warm-up
             for values in spans.values():
                 values.clear()
             first_delta.clear()
+            worker_queries.clear()
             continue
         post_ms.append(elapsed)
         post_queries.append(len(post_ctx.captured_queries))
-        worker_queries.append(len(worker_ctx.captured_queries))
 
     rows: list[list[object]] = [
         ["post: whole request (test client)", pct(post_ms, 50), pct(post_ms, 99)]
@@ -189,10 +211,12 @@ def main() -> None:
             "test client (authentication, access, model check, both messages, the run, the "
             "reservation, commit, the task published) and, in the worker, `run_execute` from its "
             "start until the first delta is handed on. The provider is remote, as the `openai` "
-            "one is, so the worker takes its first look at the run, builds the context, asks the "
-            "model on a thread of its own and claims the run meanwhile; an instant model answers "
-            "before the claim is done, so here the first delta waits for the claim, which a real "
-            "model's prompt reading hides. Each phase is timed by "
+            "one is, so the run is queued before the post commits and the worker, on a thread "
+            "of its own started at that moment, builds the context and asks the model while the "
+            "post is still writing, then waits for the commit, takes its first look at the run "
+            "and claims it; an instant model answers before the claim is done, so here the first "
+            "delta waits for the claim, which a real model's prompt reading hides. The worker's "
+            "phases overlap the post's, on the same two cores. Each phase is timed by "
             "wrapping the function that does it (message_post runs twice per POST: both "
             f"counted). {args.trials} trials, milliseconds. Not in here: daphne, the Celery "
             "hop, the socket (bench/streaming.py measures the whole path).",

@@ -48,10 +48,11 @@ def permission_codes_sql(user_id: str) -> str | None:
     group_permissions = Group._meta.get_field("permissions")
     permission, content_type = Permission._meta, ContentType._meta
     return (
-        f"ARRAY(SELECT ct.{q('app_label')} || '.' || p.{q('codename')}"  # noqa: S608 - model names
+        f"ARRAY(SELECT ct.{q('app_label')} || '.' || p.{q('codename')}"  # noqa: S608
         f" FROM {q(permission.db_table)} p"
-        f" INNER JOIN {q(content_type.db_table)} ct ON ct.{q('id')} = p.{q('content_type_id')}"
-        f" WHERE p.{q('id')} IN ("
+        f" INNER JOIN {q(content_type.db_table)} ct"
+        f" ON ct.{q(content_type.pk.column)} = p.{q(permission.get_field('content_type').column)}"
+        f" WHERE p.{q(permission.pk.column)} IN ("
         f"SELECT d.{q(direct.m2m_reverse_name())} FROM {q(direct.m2m_db_table())} d"
         f" WHERE d.{q(direct.m2m_column_name())} = {user_id}"
         f" UNION ALL SELECT gp.{q(group_permissions.m2m_reverse_name())}"
