@@ -99,6 +99,7 @@ def test_last_used_is_written_at_most_once_a_minute(cast: Cast) -> None:
     assert user_from_token(raw) == cast.alice
     token.refresh_from_db()
     first = token.last_used_at
+    assert first is not None
     assert user_from_token(raw) == cast.alice
     token.refresh_from_db()
     assert token.last_used_at == first  # a read stays a read
