@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import pytest
 from django.apps import apps
 
-from tests.agents.scripted_llm import ScriptedProvider
+from messaging import events
+from tests.agents.scripted_llm import RemoteScriptedProvider, ScriptedProvider
 
 
 @pytest.fixture
@@ -14,6 +16,22 @@ def scripted_llm(monkeypatch: pytest.MonkeyPatch) -> ScriptedProvider:
     provider = ScriptedProvider()
     monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
     return provider
+
+
+@pytest.fixture
+def remote_llm(monkeypatch: pytest.MonkeyPatch) -> RemoteScriptedProvider:
+    """A model served elsewhere (the `openai` provider's `remote` flag) answers from the script."""
+    provider = RemoteScriptedProvider()
+    monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
+    return provider
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every event the services publish, in order, instead of sending it."""
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(events, "publish", lambda event, groups: sent.append(event))
+    return sent
 
 
 @pytest.fixture(autouse=True)

@@ -13,20 +13,12 @@ import pytest
 from django.test import override_settings
 
 from agents.models import AgentRun, AIModel
-from messaging import events
 from messaging.models import Message
 from tests.agents.scripted_crew_llm import CrewScript, ScriptedCrewLLM
 from tests.agents.scripted_llm import ScriptedProvider
 from tests.conftest import Cast
 from tests.helpers import post
 from threads.models import Thread, User
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(events, "publish", lambda event, groups: sent.append(event))
-    return sent
 
 
 @pytest.fixture

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from django.test import override_settings
 
 from agents.models import AgentRun, Artifact
-from messaging import events
 from messaging.models import Message
 from tests.agents.scripted_crew_llm import CrewScript, ScriptedCrewLLM, final, tool_call
 from tests.agents.scripted_llm import ScriptedProvider
@@ -19,13 +16,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SALES_CSV = (
     b"region,product,amount\nNorth,apples,10\nSouth,pears,5\nNorth,pears,7.5\nEast,apples,2\n"
 )
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(events, "publish", lambda event, groups: sent.append(event))
-    return sent
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # Fixtures shared with the other crew tests.
 crew_script = crew_support.crew_script
-published = crew_support.published
 
 # What only charlie may see. None of these strings is in anything alice wrote.
 SECRET_WORD = "ORCHIDSEVEN"

@@ -31,7 +31,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # Fixtures shared with the other crew tests.
 crew_script = crew_support.crew_script
-published = crew_support.published
 
 SALES_CSV = (
     b"region,product,amount\nNorth,apples,10\nSouth,pears,5\nNorth,pears,7.5\nEast,apples,2\n"

@@ -13,26 +13,11 @@ import pytest
 from agents import context, services
 from agents.llm import LLMError
 from agents.models import AgentRun
-from messaging import events
 from messaging.models import Message
-from tests.agents.scripted_llm import RemoteScriptedProvider, wait_until_closed
+from tests.agents.scripted_llm import wait_until_closed
 from tests.helpers import upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def remote_llm(monkeypatch: pytest.MonkeyPatch) -> RemoteScriptedProvider:
-    provider = RemoteScriptedProvider()
-    monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
-    return provider
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(events, "publish", lambda event, groups: sent.append(event))
-    return sent
 
 
 @pytest.fixture

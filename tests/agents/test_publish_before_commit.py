@@ -22,7 +22,6 @@ from django.db import IntegrityError, connection
 from agents import context, services
 from agents.models import AgentRun, AIModel, LedgerEntry
 from agents.tasks import run_agent
-from messaging import events
 from messaging.models import Message
 from messaging.services import message_post
 from tests.agents.scripted_llm import RemoteScriptedProvider, wait_until_closed
@@ -38,13 +37,6 @@ def _postgresql_only() -> None:
 
 
 @pytest.fixture
-def remote_llm(monkeypatch: pytest.MonkeyPatch) -> RemoteScriptedProvider:
-    provider = RemoteScriptedProvider()
-    monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
-    return provider
-
-
-@pytest.fixture
 def served_model() -> AIModel:
     return AIModel.objects.create(
         name="Served",
@@ -56,13 +48,6 @@ def served_model() -> AIModel:
         price_output_per_1k=Decimal("0.200000"),
         available_to_all=True,
     )
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(events, "publish", lambda event, groups: sent.append(event))
-    return sent
 
 
 @dataclass

@@ -16,20 +16,12 @@ from django.utils import timezone
 from agents import services
 from agents.llm import LLMError
 from agents.models import Account, AgentRun, AIModel, LedgerEntry, ModelGrant
-from messaging import events
 from messaging.models import Message
 from tests.agents.scripted_llm import ScriptedProvider
 
 # Real commits (transaction=True): the eager task runs at the request's commit and each of its
 # own transactions publishes at its commit, in the order a real worker does.
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(events, "publish", lambda event, groups: sent.append(event))
-    return sent
 
 
 def _ask(cast, user=None, text="What is 2+2?", **extra):
