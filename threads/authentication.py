@@ -55,10 +55,13 @@ def user_from_token(raw: str) -> User | None:
     """The active user a raw token belongs to, or None. Shared by REST and WebSocket auth."""
     now = timezone.now()
     stale_before = connection.ops.adapt_datetimefield_value(now - _LAST_USED_GRANULARITY)
-    rows = User.objects.raw(_token_sql(connection.vendor), [stale_before, token_digest(raw)])
-    user = next(iter(rows), None)
-    if user is None:
+    # Read to the end (the digest is unique: one row at most), so the cursor is closed here
+    # and not whenever the garbage collector reaches an abandoned iterator, by then perhaps on
+    # a pooled connection that another thread is using.
+    rows = list(User.objects.raw(_token_sql(connection.vendor), [stale_before, token_digest(raw)]))
+    if not rows:
         return None
+    user = rows[0]
     extra = vars(user)  # the columns that are not the user's, taken off it
     # The user's permissions ride along (PostgreSQL): every API call checks one.
     permissions_preload(user, extra.pop("permission_codes", None))
