@@ -106,6 +106,16 @@ class StrictInputSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class StrictCharField(serializers.CharField):
+    """A string that must arrive as a JSON string: DRF's CharField turns `5` into `"5"`, which
+    lets a client's type error pass unnoticed and contradicts the schema's `type: string`."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
 def query_int(
     params: Any, name: str, *, default: int | None = None, minimum: int = 0
 ) -> int | None:

@@ -257,6 +257,7 @@ def thread_create(
     session_prompt: str = "",
     thread_id: str | None = None,
     ai_reply: bool = False,
+    topics_as_tags: bool = False,
 ) -> tuple[Thread, bool]:
     """Create a thread (threads.services.thread_create) and announce it to every member."""
     with transaction.atomic():
@@ -268,6 +269,7 @@ def thread_create(
             session_prompt=session_prompt,
             thread_id=thread_id,
             ai_reply=ai_reply,
+            topics_as_tags=topics_as_tags,
         )
         if created:
             seq = events.next_seq(thread.pk)
@@ -289,6 +291,7 @@ def thread_update(
     topic_ids: Sequence[str] | None = None,
     session_prompt: str | None = None,
     ai_reply: bool | None = None,
+    topics_as_tags: bool = False,
 ) -> Thread:
     with transaction.atomic():
         thread_services.thread_update(
@@ -297,6 +300,7 @@ def thread_update(
             topic_ids=topic_ids,
             session_prompt=session_prompt,
             ai_reply=ai_reply,
+            topics_as_tags=topics_as_tags,
         )
         seq = events.next_seq(thread.pk)
         fresh = thread_get(thread_id=thread.pk)

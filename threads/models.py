@@ -69,6 +69,9 @@ class Topic(models.Model):
     id = models.CharField(primary_key=True, max_length=ID_MAX_LENGTH, default=new_topic_id)
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=100, unique=True)
+    # A tag made by naming it on a thread (Chat Svc's topicIds), not created as a topic: its
+    # name is listed only to those who can see a thread that carries it.
+    is_tag = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -130,8 +130,15 @@ def threads_by_ids(*, user: User, ids: list[str] | None) -> list[Thread]:
     return list(queryset.order_by("-last_activity_at", "-id"))
 
 
-def topic_list() -> QuerySet[Topic]:
-    return Topic.objects.order_by("name")
+def topic_list(*, user: User) -> QuerySet[Topic]:
+    """The topics made as topics, and the tags (Chat Svc topic ids) on threads the user can
+    see: a tag's name tells of a thread, so it is no more public than the thread."""
+    queryset = Topic.objects.all()
+    if not user.is_admin:
+        queryset = queryset.filter(
+            Q(is_tag=False) | Q(pk__in=Topic.objects.filter(threads__memberships__user=user))
+        )
+    return queryset.order_by("name")
 
 
 def users_by_reference(*, refs: list[str]) -> tuple[list[User], list[str]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.contrib.auth.models import Group, Permission
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -155,12 +156,33 @@ def topic_create(*, name: str, slug: str = "", topic_id: str | None = None) -> t
     return topic, True
 
 
-def _topics_resolve(topic_ids: Sequence[str]) -> list[Topic]:
+def _topics_resolve(topic_ids: Sequence[str], *, as_tags: bool = False) -> list[Topic]:
+    """The topics with these ids. With `as_tags` (Chat Svc, where topic ids are tags on the
+    thread) an id no topic has yet becomes a tag topic; otherwise it is refused."""
     topics = list(Topic.objects.filter(pk__in=topic_ids))
     missing = sorted(set(topic_ids) - {topic.pk for topic in topics})
-    if missing:
+    if missing and not as_tags:
         raise Invalid("Unknown topic ids.", fields={"topicIds": missing})
+    for topic_id in missing:
+        _check_client_id(topic_id, field="topicIds")
+        topics.append(_tag_create(topic_id=topic_id))
     return topics
+
+
+def _tag_create(*, topic_id: str) -> Topic:
+    """A tag topic named after its id; a name or slug another topic holds gets a suffix."""
+    slug = slugify(topic_id)[:40] or "tag"
+    name = topic_id
+    if Topic.objects.filter(Q(slug=slug) | Q(name=name)).exists():
+        suffix = secrets.token_hex(4)
+        slug, name = f"{slug}-{suffix}", f"{topic_id}-{suffix}"
+    try:
+        with transaction.atomic():
+            topic = Topic(pk=topic_id, name=name, slug=slug, is_tag=True)
+            topic.save(force_insert=True)
+    except IntegrityError:  # a concurrent save made the same tag first
+        return Topic.objects.get(pk=topic_id)
+    return topic
 
 
 # --- threads --------------------------------------------------------------------------------
@@ -175,6 +197,7 @@ def thread_create(
     session_prompt: str = "",
     thread_id: str | None = None,
     ai_reply: bool = False,
+    topics_as_tags: bool = False,
 ) -> tuple[Thread, bool]:
     """Create a thread with `creator` as its owner; return (thread, created).
 
@@ -188,7 +211,6 @@ def thread_create(
             if existing.creator_id == creator.pk:
                 return existing, False
             raise Conflict("This thread id is already in use.", fields={"id": [thread_id]})
-    topics = _topics_resolve(topic_ids)
     now = timezone.now()
     try:
         with transaction.atomic():
@@ -211,8 +233,8 @@ def thread_create(
                     for member in {m.pk: m for m in members if m.pk != creator.pk}.values()
                 ]
             )
-            if topics:
-                thread.topics.set(topics)
+            if topic_ids:
+                thread.topics.set(_topics_resolve(topic_ids, as_tags=topics_as_tags))
     except IntegrityError as exc:  # a concurrent create with the same client id won the race
         raise Conflict("This thread id is already in use.", fields={"id": [thread_id]}) from exc
     return thread, True
@@ -225,6 +247,7 @@ def thread_update(
     topic_ids: Sequence[str] | None = None,
     session_prompt: str | None = None,
     ai_reply: bool | None = None,
+    topics_as_tags: bool = False,
 ) -> Thread:
     with transaction.atomic():
         fields = ["updated_at"]
@@ -239,7 +262,7 @@ def thread_update(
             fields.append("session_prompt")
         thread.save(update_fields=fields)
         if topic_ids is not None:
-            thread.topics.set(_topics_resolve(topic_ids))
+            thread.topics.set(_topics_resolve(topic_ids, as_tags=topics_as_tags))
     return thread
 
 

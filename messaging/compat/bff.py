@@ -39,7 +39,13 @@ from rest_framework.views import APIView
 
 from agents import services as agent_services
 from agents.selectors import artifacts_of_message, model_for_request
-from chatproject.api import StrictInputSerializer, error_body, query_int, request_user
+from chatproject.api import (
+    StrictCharField,
+    StrictInputSerializer,
+    error_body,
+    query_int,
+    request_user,
+)
 from messaging import services
 from messaging.compat.common import ReplyListener, post_message
 from messaging.selectors import MAX_PAGE_SIZE, MessageRow, message_page
@@ -111,8 +117,8 @@ class SessionOutput(serializers.Serializer):
 
 class ChatSessionsApi(APIView):
     class InputSerializer(StrictInputSerializer):
-        title = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TITLE)
-        sessionPrompt = serializers.CharField(
+        title = StrictCharField(required=False, allow_blank=True, max_length=MAX_TITLE)
+        sessionPrompt = StrictCharField(
             required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
         )
 

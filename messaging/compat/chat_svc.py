@@ -173,6 +173,7 @@ class SaveThreadApi(ChatSvcApi):
                 members=_users(data.get("userIds", [])),
                 topic_ids=data.get("topicIds", []),
                 thread_id=thread_id,
+                topics_as_tags=True,
             )
             if not created:
                 # The caller's own thread, which they may not edit: say so rather than
@@ -187,7 +188,9 @@ class SaveThreadApi(ChatSvcApi):
         with transaction.atomic():
             title = data.get("title", "").strip() or None
             if title is not None or "topicIds" in data:
-                services.thread_update(thread=thread, title=title, topic_ids=data.get("topicIds"))
+                services.thread_update(
+                    thread=thread, title=title, topic_ids=data.get("topicIds"), topics_as_tags=True
+                )
             present = {m.user_id for m in thread_get(thread_id=thread.pk).memberships.all()}
             new = [u for u in _users(data.get("userIds", [])) if u.pk not in present]
             if new:

@@ -42,6 +42,20 @@ def test_sessions_are_created_listed_and_paged(cast: Cast) -> None:
     assert_error(client.post(f"{API}/sessions", {"bogus": 1}, format="json"), 400, "invalid")
 
 
+@pytest.mark.parametrize("field", ["title", "sessionPrompt"])
+@pytest.mark.parametrize("value", [5, 1.5, True, ["a"], {"a": 1}])
+def test_a_session_field_that_is_not_a_string_is_refused(
+    cast: Cast, field: str, value: Any
+) -> None:
+    before = db_state()
+
+    response = cast.client(cast.alice).post(f"{API}/sessions", {field: value}, format="json")
+
+    assert_error(response, 400, "invalid")
+    assert set(response.json()["error"]["fields"]) == {field}
+    assert db_state() == before
+
+
 def test_deleting_a_session_is_for_its_owner(cast: Cast) -> None:
     path = f"{API}/sessions/{cast.thread.pk}"
     assert_error(cast.client(cast.bob).delete(path), 403, "permission_denied")

@@ -14,7 +14,7 @@ from messaging.models import Message
 from tests.conftest import Cast
 from tests.helpers import MISSING_MESSAGE, MISSING_THREAD, post
 from tests.messaging.compat.conftest import Exchange, act
-from threads.models import Thread, ThreadMembership, User
+from threads.models import Thread, ThreadMembership, Topic, User
 
 THREAD_KEYS = {"id", "title", "userIds", "topicIds", "createdAt", "updatedAt"}
 MESSAGE_KEYS = {"id", "threadId", "text", "userId", "fileIds", "meta", "createdAt", "updatedAt"}
@@ -476,3 +476,67 @@ def test_a_chat_svc_client_and_a_native_client_share_a_thread_and_the_ai_reply(
         (cast.bob.pk, "svc asks"),
         (None, "Hello, world."),
     ]
+
+
+# --- topics are tags ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "topic_ids", [["development", "code-review"], ["bugs", "frontend", "urgent"]]
+)
+def test_save_thread_with_new_topic_ids_tags_it(cast: Cast, topic_ids: list[str]) -> None:
+    """The seed's own examples: topic ids nobody created are tags on the thread."""
+    response = svc(cast, cast.alice, "post", "thread", {"title": "Tagged", "topicIds": topic_ids})
+
+    assert response.status_code == 200, response.content
+    thread = response.json()["thread"]
+    assert set(thread) == THREAD_KEYS
+    assert thread["topicIds"] == sorted(topic_ids)
+    listed = svc(cast, cast.alice, "post", "threads", {"ids": [thread["id"]]}).json()
+    assert listed["threads"][0]["topicIds"] == sorted(topic_ids)
+
+
+def test_retagging_a_thread_reuses_tags_and_drops_the_missing_ones(cast: Cast) -> None:
+    first = svc(cast, cast.alice, "post", "thread", {"id": "thr_tags", "topicIds": ["bugs"]})
+    assert first.status_code == 200, first.content
+    other = svc(cast, cast.bob, "post", "thread", {"topicIds": ["bugs", "frontend"]})
+    assert other.json()["thread"]["topicIds"] == ["bugs", "frontend"]
+
+    updated = svc(
+        cast, cast.alice, "post", "thread", {"id": "thr_tags", "topicIds": ["frontend", "urgent"]}
+    )
+
+    assert updated.json()["thread"]["topicIds"] == ["frontend", "urgent"]
+    assert sorted(Topic.objects.values_list("pk", flat=True)) == ["bugs", "frontend", "urgent"]
+
+
+def test_a_tag_that_clashes_with_a_topic_name_still_tags(cast: Cast) -> None:
+    Topic.objects.create(pk="top_bugs", name="bugs", slug="bugs")
+
+    response = svc(cast, cast.alice, "post", "thread", {"topicIds": ["bugs"]})
+
+    assert response.status_code == 200, response.content
+    assert response.json()["thread"]["topicIds"] == ["bugs"]
+
+
+def test_an_invalid_tag_id_is_refused_in_chat_svc_shape(cast: Cast) -> None:
+    response = svc(cast, cast.alice, "post", "thread", {"topicIds": ["no spaces"]})
+
+    assert_error(response, 400)
+    assert not Topic.objects.exists()
+    assert not Thread.objects.exists()
+
+
+def test_a_tag_name_is_listed_only_to_those_who_see_a_thread_with_it(cast: Cast) -> None:
+    Topic.objects.create(pk="top_public", name="Public", slug="public")
+    svc(cast, cast.alice, "post", "thread", {"userIds": [cast.bob.pk], "topicIds": ["secret-deal"]})
+
+    def listed(user: User) -> list[str]:
+        response = cast.client(user).get("/api/v1/topics/")
+        assert response.status_code == 200, response.content
+        return [topic["id"] for topic in response.json()["topics"]]
+
+    assert listed(cast.alice) == ["top_public", "secret-deal"]
+    assert listed(cast.bob) == ["top_public", "secret-deal"]
+    assert listed(cast.charlie) == ["top_public"]
+    assert listed(cast.admin) == ["top_public", "secret-deal"]
