@@ -297,7 +297,13 @@ class TopicListCreateApi(APIView):
 
     @extend_schema(responses=TopicOutput(many=True), summary="All topics")
     def get(self, request: Request) -> Response:
-        return Response({"topics": TopicOutput(selectors.topic_list(user=request_user(request)), many=True).data})
+        return Response(
+            {
+                "topics": TopicOutput(
+                    selectors.topic_list(user=request_user(request)), many=True
+                ).data
+            }
+        )
 
     @extend_schema(request=InputSerializer, responses={201: TopicOutput}, summary="Create a topic")
     def post(self, request: Request) -> Response:

@@ -12,7 +12,7 @@ from django.contrib.auth.models import Permission
 from messaging import services
 from messaging.models import Message
 from tests.conftest import Cast
-from tests.helpers import MISSING_MESSAGE, MISSING_THREAD, post
+from tests.helpers import MISSING_MESSAGE, MISSING_THREAD, db_state, post
 from tests.messaging.compat.conftest import Exchange, act
 from threads.models import Thread, ThreadMembership, Topic, User
 
@@ -520,11 +520,13 @@ def test_a_tag_that_clashes_with_a_topic_name_still_tags(cast: Cast) -> None:
 
 
 def test_an_invalid_tag_id_is_refused_in_chat_svc_shape(cast: Cast) -> None:
+    before = db_state()
+
     response = svc(cast, cast.alice, "post", "thread", {"topicIds": ["no spaces"]})
 
     assert_error(response, 400)
+    assert db_state() == before
     assert not Topic.objects.exists()
-    assert not Thread.objects.exists()
 
 
 def test_a_tag_name_is_listed_only_to_those_who_see_a_thread_with_it(cast: Cast) -> None:
