@@ -87,7 +87,9 @@ def run_backend(backend: str, messages: int, repeat: int) -> dict[str, object]:
 
     call_command("migrate", verbosity=0)
     user = services.user_create(username="bench")
-    thread, _ = services.thread_create(creator=user, title="Deep history")
+    from messaging.services import thread_create
+
+    thread, _ = thread_create(creator=user, title="Deep history")
     fill_seconds = fill(thread.pk, user.pk, messages)
     _, token = services.token_issue(user=user)
     client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")

@@ -38,7 +38,9 @@ def run_backend(backend: str, posts: int) -> dict[str, object]:
 
     call_command("migrate", verbosity=0)
     user = services.user_create(username="bench")
-    thread, _ = services.thread_create(creator=user, title="Posting")
+    from messaging.services import thread_create
+
+    thread, _ = thread_create(creator=user, title="Posting")
     _, token = services.token_issue(user=user)
     api_client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
     bare_client = Client()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.files.uploadedfile import UploadedFile
-from django.core.files.uploadhandler import MemoryFileUploadHandler, TemporaryFileUploadHandler
 from django.db import transaction
 from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
@@ -16,14 +15,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents.selectors import model_for_request
-from agents.services import reply_regenerate, reply_request, run_stop
+from agents import conversation
+from agents.services import reply_regenerate, run_stop
 from chatproject.api import StrictInputSerializer, bearer_token, query_int, request_user
 from messaging import selectors, services
 from messaging.events import EVENT_DOCS
 from messaging.models import File, Message
 from messaging.storage import download_response
-from messaging.uploads import SizeLimitUploadHandler, too_large, upload_request_limit_bytes
+from messaging.uploads import upload_limit_install
 from messaging.wire import message_json
 from threads.errors import Invalid
 from threads.ids import ID_MAX_LENGTH
@@ -108,11 +107,6 @@ class ThreadMessagesApi(APIView):
             required=False, max_length=100, help_text="A model id or name; default model if absent."
         )
 
-        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-            if not attrs.get("text", "").strip() and not attrs.get("fileIds"):
-                raise serializers.ValidationError({"text": ["A message needs text or files."]})
-            return attrs
-
     class PageOutputSerializer(serializers.Serializer):
         messages = MessageOutput(many=True)
         hasOlder = serializers.BooleanField()
@@ -130,12 +124,10 @@ class ThreadMessagesApi(APIView):
         summary="A page of a thread's messages, oldest first (keyset on seq)",
     )
     def get(self, request: Request, thread_id: str) -> Response:
-        thread = access_thread(
-            user=request_user(request), thread_id=thread_id, perm=Perm.MESSAGE_VIEW
-        )
         params = request.query_params
-        page = selectors.message_page(
-            thread=thread,
+        _, page = conversation.history_page(
+            user=request_user(request),
+            thread_id=thread_id,
             before=query_int(params, "before"),
             after=query_int(params, "after"),
             limit=query_int(params, "limit", default=50, minimum=1) or 50,
@@ -164,27 +156,18 @@ class ThreadMessagesApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
-        wants_reply = data.get("reply", thread.ai_reply)
-        # Refuse a model the user may not use before writing anything.
-        model = model_for_request(user=user, model_ref=data.get("modelId")) if wants_reply else None
-        with transaction.atomic():
-            message, created = services.message_post(
-                thread=thread,
-                author=user,
-                text=data["text"],
-                file_ids=data.get("fileIds", []),
-                meta=data.get("meta"),
-                message_id=data.get("id"),
-            )
-            run = None
-            if created and model is not None:
-                run = reply_request(
-                    thread=thread,
-                    requester=user,
-                    request_message=message,
-                    model=model,
-                    gateway_token=bearer_token(request),
-                )
+        posted = conversation.message_send(
+            user=user,
+            thread=thread,
+            text=data["text"],
+            file_ids=data.get("fileIds", []),
+            meta=data.get("meta"),
+            message_id=data.get("id"),
+            reply=data.get("reply"),
+            model_ref=data.get("modelId"),
+            gateway_token=bearer_token(request),
+        )
+        message, created, run = posted.message, posted.created, posted.run
         body = MessageOutput(message).data
         if run is not None:
             body["reply"] = {"messageId": run.message_id, "runId": run.pk, "modelId": run.model_id}
@@ -207,13 +190,11 @@ class MessageDetailApi(APIView):
         message = selectors.access_message(
             user=request_user(request), message_id=message_id, perm=Perm.MESSAGE_EDIT
         )
-        selectors.require_message_editor(user=request_user(request), message=message)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        text = serializer.validated_data["text"]
-        if not text.strip() and not message.file_ids:
-            raise Invalid("A message needs text or files.", fields={"text": ["Blank."]})
-        message = services.message_edit(message=message, text=text)
+        message = conversation.message_revise(
+            user=request_user(request), message=message, text=serializer.validated_data["text"]
+        )
         return Response(MessageOutput(message).data)
 
     @extend_schema(responses={204: None}, summary="Delete (author, thread owner or admin)")
@@ -275,16 +256,7 @@ class FileUploadApi(APIView):
     def post(self, request: Request) -> Response:
         # Uploading is the first half of posting a message with an attachment.
         require_perm(request_user(request), Perm.MESSAGE_CREATE)
-        # Refuse by the declared length before reading a byte of the body; the handler below
-        # catches bodies that lie about their length or do not declare one.
-        declared = query_int(request.META, "CONTENT_LENGTH", default=0) or 0
-        if declared > upload_request_limit_bytes():
-            raise too_large()
-        request.upload_handlers = [
-            SizeLimitUploadHandler(request),
-            MemoryFileUploadHandler(request),
-            TemporaryFileUploadHandler(request),
-        ]
+        upload_limit_install(request)
         upload = request.FILES.get("file")
         if not isinstance(upload, UploadedFile):
             raise Invalid(

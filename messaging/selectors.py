@@ -112,6 +112,19 @@ def message_page(
     return MessagePage(messages=rows, has_older=has_older, has_newer=has_newer)
 
 
+def thread_messages(*, thread: Thread) -> list[MessageRow]:
+    """Every message of a thread, oldest first, read page by page along the (thread, seq)
+    index."""
+    rows: list[MessageRow] = []
+    after = 0
+    while True:
+        page = message_page(thread=thread, after=after, limit=MAX_PAGE_SIZE)
+        rows.extend(page.messages)
+        if not page.has_newer or not page.messages:
+            return rows
+        after = page.messages[-1].seq
+
+
 def messages_by_ids(*, user: User, ids: list[str]) -> list[MessageRow]:
     """The messages with these ids that the user may read (in threads they are in; an admin
     reads any), oldest first. Ids that are missing or not theirs are simply absent."""

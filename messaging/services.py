@@ -244,8 +244,8 @@ def _clean_file_name(name: str) -> str:
 
 
 # --- thread actions -----------------------------------------------------------------------------
-# The thread writes themselves live in threads.services (the floor); these wrap them with the
-# events every door must see, in the same transaction, because events live in this layer.
+# Written here, not in threads.services (the floor), because each write and the event every
+# door must see of it are one transaction, and events live in this layer.
 
 
 def thread_create(
@@ -259,19 +259,44 @@ def thread_create(
     ai_reply: bool = False,
     topics_as_tags: bool = False,
 ) -> tuple[Thread, bool]:
-    """Create a thread (threads.services.thread_create) and announce it to every member."""
-    with transaction.atomic():
-        thread, created = thread_services.thread_create(
-            creator=creator,
-            title=title,
-            members=members,
-            topic_ids=topic_ids,
-            session_prompt=session_prompt,
-            thread_id=thread_id,
-            ai_reply=ai_reply,
-            topics_as_tags=topics_as_tags,
-        )
-        if created:
+    """Create a thread with `creator` as its owner and announce it to every member; return
+    (thread, created).
+
+    A retried create with the same client id returns the thread it made the first time, so
+    clients can retry safely; an id taken by someone else's thread is a Conflict. With
+    `topics_as_tags` (Chat Svc) a topic id no topic has yet becomes a tag topic.
+    """
+    thread_services.check_client_id(thread_id)
+    if thread_id:
+        existing = Thread.objects.filter(pk=thread_id).first()
+        if existing is not None:
+            if existing.creator_id == creator.pk:
+                return existing, False
+            raise Conflict("This thread id is already in use.", fields={"id": [thread_id]})
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            thread = Thread(
+                title=title.strip() or "New chat",
+                creator=creator,
+                session_prompt=session_prompt,
+                ai_reply=ai_reply,
+                last_activity_at=now,
+            )
+            if thread_id:
+                thread.pk = thread_id
+            thread.save(force_insert=True)
+            ThreadMembership.objects.create(
+                thread=thread, user=creator, role=ThreadMembership.Role.OWNER
+            )
+            ThreadMembership.objects.bulk_create(
+                [
+                    ThreadMembership(thread=thread, user=member, role=ThreadMembership.Role.MEMBER)
+                    for member in {m.pk: m for m in members if m.pk != creator.pk}.values()
+                ]
+            )
+            if topic_ids:
+                thread.topics.set(thread_services.topics_resolve(topic_ids, as_tags=topics_as_tags))
             seq = events.next_seq(thread.pk)
             fresh = thread_get(thread_id=thread.pk)
             events.record(
@@ -281,7 +306,9 @@ def thread_create(
                 seq=seq,
                 also_to_users=[m.user_id for m in fresh.memberships.all()],
             )
-    return thread, created
+    except IntegrityError as exc:  # a concurrent create with the same client id won the race
+        raise Conflict("This thread id is already in use.", fields={"id": [thread_id]}) from exc
+    return thread, True
 
 
 def thread_update(
@@ -293,15 +320,21 @@ def thread_update(
     ai_reply: bool | None = None,
     topics_as_tags: bool = False,
 ) -> Thread:
+    """Change what is given (None leaves it) and tell the thread's members."""
     with transaction.atomic():
-        thread_services.thread_update(
-            thread=thread,
-            title=title,
-            topic_ids=topic_ids,
-            session_prompt=session_prompt,
-            ai_reply=ai_reply,
-            topics_as_tags=topics_as_tags,
-        )
+        fields = ["updated_at"]
+        if ai_reply is not None:
+            thread.ai_reply = ai_reply
+            fields.append("ai_reply")
+        if title is not None:
+            thread.title = title.strip() or "New chat"
+            fields.append("title")
+        if session_prompt is not None:
+            thread.session_prompt = session_prompt
+            fields.append("session_prompt")
+        thread.save(update_fields=fields)
+        if topic_ids is not None:
+            thread.topics.set(thread_services.topics_resolve(topic_ids, as_tags=topics_as_tags))
         seq = events.next_seq(thread.pk)
         fresh = thread_get(thread_id=thread.pk)
         events.record(

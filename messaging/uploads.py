@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.files.uploadhandler import FileUploadHandler
+from django.core.files.uploadhandler import (
+    FileUploadHandler,
+    MemoryFileUploadHandler,
+    TemporaryFileUploadHandler,
+)
+from django.http import HttpRequest
 
-from threads.errors import TooLarge
+from threads.errors import Invalid, TooLarge
 
 
 def upload_limit_bytes() -> int:
@@ -50,3 +55,20 @@ class SizeLimitUploadHandler(FileUploadHandler):
 
     def file_complete(self, file_size: int) -> None:
         return None
+
+
+def upload_limit_install(request: HttpRequest) -> None:
+    """Bound the upload this request carries, before a byte of its body is read: refuse by the
+    declared length at once, and stop the parse at the limit for bodies that lie about their
+    length or do not declare one. Every upload door calls this before touching the body."""
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise Invalid("Content-Length must be an integer.") from None
+    if declared > upload_request_limit_bytes():
+        raise too_large()
+    request.upload_handlers = [
+        SizeLimitUploadHandler(request),
+        MemoryFileUploadHandler(request),
+        TemporaryFileUploadHandler(request),
+    ]

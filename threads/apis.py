@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import services as agent_services
+from agents import conversation
 from agents.selectors import balance_of, usage_of
 from chatproject.api import StrictInputSerializer, query_int, request_user
 from messaging import services as actions
@@ -151,12 +151,11 @@ class ThreadListCreateApi(APIView):
         summary="Create a thread (a retried create with the same id returns the first)",
     )
     def post(self, request: Request) -> Response:
-        require_perm(request_user(request), Perm.THREAD_CREATE)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
-        thread, created = actions.thread_create(
-            creator=request_user(request),
+        thread, created = conversation.thread_start(
+            user=request_user(request),
             title=data.get("title", ""),
             members=_user_refs(data.get("userIds", [])),
             topic_ids=data.get("topicIds", []),
@@ -211,11 +210,7 @@ class ThreadDetailApi(APIView):
 
     @extend_schema(responses={204: None}, summary="Delete a thread, its messages and files")
     def delete(self, request: Request, thread_id: str) -> Response:
-        thread = selectors.access_thread(
-            user=request_user(request), thread_id=thread_id, perm=Perm.THREAD_DELETE
-        )
-        services.require_owner(thread=thread, actor=request_user(request))
-        agent_services.thread_delete(thread=thread)
+        conversation.thread_remove(user=request_user(request), thread_id=thread_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

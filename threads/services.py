@@ -30,7 +30,7 @@ from threads.selectors import is_thread_owner
 TOKEN_PREFIX = "tl_"  # noqa: S105 - a public prefix, not a secret
 
 
-def _check_client_id(value: str | None, *, field: str = "id") -> None:
+def check_client_id(value: str | None, *, field: str = "id") -> None:
     if value is not None and not is_valid_client_id(value):
         raise Invalid(
             "Ids are 1-64 characters of letters, digits, '_' and '-'.",
@@ -133,7 +133,7 @@ def thread_seq_take(
 def topic_create(*, name: str, slug: str = "", topic_id: str | None = None) -> tuple[Topic, bool]:
     """Create a topic; return (topic, created). Creating one that exists (same id, or same slug
     and name) returns it."""
-    _check_client_id(topic_id)
+    check_client_id(topic_id)
     name = name.strip()
     slug = slugify(slug or name)
     if not name or not slug:
@@ -156,7 +156,7 @@ def topic_create(*, name: str, slug: str = "", topic_id: str | None = None) -> t
     return topic, True
 
 
-def _topics_resolve(topic_ids: Sequence[str], *, as_tags: bool = False) -> list[Topic]:
+def topics_resolve(topic_ids: Sequence[str], *, as_tags: bool = False) -> list[Topic]:
     """The topics with these ids. With `as_tags` (Chat Svc, where topic ids are tags on the
     thread) an id no topic has yet becomes a tag topic; otherwise it is refused."""
     topics = list(Topic.objects.filter(pk__in=topic_ids))
@@ -164,7 +164,7 @@ def _topics_resolve(topic_ids: Sequence[str], *, as_tags: bool = False) -> list[
     if missing and not as_tags:
         raise Invalid("Unknown topic ids.", fields={"topicIds": missing})
     for topic_id in missing:
-        _check_client_id(topic_id, field="topicIds")
+        check_client_id(topic_id, field="topicIds")
         topics.append(_tag_create(topic_id=topic_id))
     return topics
 
@@ -183,87 +183,6 @@ def _tag_create(*, topic_id: str) -> Topic:
     except IntegrityError:  # a concurrent save made the same tag first
         return Topic.objects.get(pk=topic_id)
     return topic
-
-
-# --- threads --------------------------------------------------------------------------------
-
-
-def thread_create(
-    *,
-    creator: User,
-    title: str = "",
-    members: Sequence[User] = (),
-    topic_ids: Sequence[str] = (),
-    session_prompt: str = "",
-    thread_id: str | None = None,
-    ai_reply: bool = False,
-    topics_as_tags: bool = False,
-) -> tuple[Thread, bool]:
-    """Create a thread with `creator` as its owner; return (thread, created).
-
-    A retried create with the same client id returns the thread it made the first time, so
-    clients can retry safely; an id taken by someone else's thread is a Conflict.
-    """
-    _check_client_id(thread_id)
-    if thread_id:
-        existing = Thread.objects.filter(pk=thread_id).first()
-        if existing is not None:
-            if existing.creator_id == creator.pk:
-                return existing, False
-            raise Conflict("This thread id is already in use.", fields={"id": [thread_id]})
-    now = timezone.now()
-    try:
-        with transaction.atomic():
-            thread = Thread(
-                title=title.strip() or "New chat",
-                creator=creator,
-                session_prompt=session_prompt,
-                ai_reply=ai_reply,
-                last_activity_at=now,
-            )
-            if thread_id:
-                thread.pk = thread_id
-            thread.save(force_insert=True)
-            ThreadMembership.objects.create(
-                thread=thread, user=creator, role=ThreadMembership.Role.OWNER
-            )
-            ThreadMembership.objects.bulk_create(
-                [
-                    ThreadMembership(thread=thread, user=member, role=ThreadMembership.Role.MEMBER)
-                    for member in {m.pk: m for m in members if m.pk != creator.pk}.values()
-                ]
-            )
-            if topic_ids:
-                thread.topics.set(_topics_resolve(topic_ids, as_tags=topics_as_tags))
-    except IntegrityError as exc:  # a concurrent create with the same client id won the race
-        raise Conflict("This thread id is already in use.", fields={"id": [thread_id]}) from exc
-    return thread, True
-
-
-def thread_update(
-    *,
-    thread: Thread,
-    title: str | None = None,
-    topic_ids: Sequence[str] | None = None,
-    session_prompt: str | None = None,
-    ai_reply: bool | None = None,
-    topics_as_tags: bool = False,
-) -> Thread:
-    with transaction.atomic():
-        fields = ["updated_at"]
-        if ai_reply is not None:
-            thread.ai_reply = ai_reply
-            fields.append("ai_reply")
-        if title is not None:
-            thread.title = title.strip() or "New chat"
-            fields.append("title")
-        if session_prompt is not None:
-            thread.session_prompt = session_prompt
-            fields.append("session_prompt")
-        thread.save(update_fields=fields)
-        if topic_ids is not None:
-            thread.topics.set(_topics_resolve(topic_ids, as_tags=topics_as_tags))
-    return thread
 
 
 def membership_add(*, thread: Thread, actor: User, users: Sequence[User]) -> list[User]:

@@ -36,7 +36,6 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
-from django.core.files.uploadhandler import MemoryFileUploadHandler, TemporaryFileUploadHandler
 from django.db import transaction
 from rest_framework import status
 from rest_framework.parsers import MultiPartParser
@@ -44,19 +43,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import services as agent_services
+from agents import conversation
+from agents.conversation import Posted
 from agents.models import AIModel
 from agents.selectors import balance_of, model_for_legacy_request, models_for_user
-from chatproject.api import api_exception_handler, query_int, request_user
+from chatproject.api import api_exception_handler, request_user
 from messaging import services
-from messaging.compat.common import ReplyListener, post_message, thread_messages
-from messaging.uploads import SizeLimitUploadHandler, too_large, upload_request_limit_bytes
+from messaging.compat.common import ReplyListener
+from messaging.uploads import upload_limit_install
 from threads import selectors as thread_selectors
-from threads import services as thread_services
 from threads.errors import ApplicationError, Invalid
 from threads.models import Thread, User
 from threads.permissions import Perm, require_perm
-from threads.selectors import access_thread
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +101,10 @@ def _sessions(user: User) -> dict[str, Any]:
 
 
 def _chats(user: User, session_id: str) -> dict[str, Any]:
-    thread = access_thread(user=user, thread_id=session_id, perm=Perm.MESSAGE_VIEW)
+    thread, rows = conversation.history_all(user=user, thread_id=session_id)
     chat = [
         {"role": "user" if row.author_id else "assistant", "content": row.text}
-        for row in thread_messages(thread=thread)
+        for row in rows
         if row.text
     ]
     return {
@@ -117,9 +115,7 @@ def _chats(user: User, session_id: str) -> dict[str, Any]:
 
 
 def _session_delete(user: User, session_id: str) -> dict[str, Any]:
-    thread = access_thread(user=user, thread_id=session_id, perm=Perm.THREAD_DELETE)
-    thread_services.require_owner(thread=thread, actor=user)
-    agent_services.thread_delete(thread=thread)
+    conversation.thread_remove(user=user, thread_id=session_id)
     return {"user_id": user.pk}
 
 
@@ -136,7 +132,7 @@ def _balance(user: User) -> dict[str, Any]:
 
 @dataclass
 class ChatRequest:
-    session_id: str
+    session_id: str | None  # None: "NEW", start a session
     message: str
     model_id: int | None
     model_name: str | None
@@ -149,10 +145,6 @@ def _chat_request(data: dict[str, Any]) -> ChatRequest:
     session_id = _string(data, "session_id", required=True)
     message = _string(data, "message", required=True)
     assert session_id is not None and message is not None  # noqa: S101 - required above
-    if not message.strip():
-        raise FrameError("message is required.")
-    if len(message) > settings.MAX_MESSAGE_CHARS:
-        raise FrameError(f"message is longer than {settings.MAX_MESSAGE_CHARS} characters.")
     model_id = data.get("model_id")
     if model_id is not None and (not isinstance(model_id, int) or isinstance(model_id, bool)):
         raise FrameError("model_id must be an integer.")
@@ -172,7 +164,7 @@ def _chat_request(data: dict[str, Any]) -> ChatRequest:
     if not isinstance(stream, bool):
         raise FrameError("stream must be true or false.")
     return ChatRequest(
-        session_id=session_id,
+        session_id=None if session_id == NEW_SESSION else session_id,
         message=message,
         model_id=model_id,
         model_name=_string(data, "model_name"),
@@ -182,31 +174,20 @@ def _chat_request(data: dict[str, Any]) -> ChatRequest:
     )
 
 
-def _chat_post(user: User, request: ChatRequest) -> tuple[Thread, str, bool]:
-    """Post the message and ask for the reply; (thread, reply message id, whether the session
-    is new). A new session and its first message are one transaction: a refused reply (the
-    balance, the model) leaves no empty session behind."""
+def _chat_post(user: User, request: ChatRequest) -> tuple[Thread, Posted, bool]:
+    """Post the message and ask for the reply, in a new session for "NEW"."""
     model: AIModel = model_for_legacy_request(
         user=user, model_number=request.model_id, model_name=request.model_name
     )
-    with transaction.atomic():
-        created = request.session_id == NEW_SESSION
-        if created:
-            require_perm(user, Perm.THREAD_CREATE)
-            thread, _ = services.thread_create(
-                creator=user,
-                title=request.message.strip()[:SESSION_NAME_CHARS],
-                session_prompt=request.session_prompt,
-            )
-        else:
-            thread = access_thread(
-                user=user, thread_id=request.session_id, perm=Perm.MESSAGE_CREATE
-            )
-        _, _, run = post_message(
-            user=user, thread=thread, text=request.message, model=model, file_ids=request.file_ids
-        )
-    assert run is not None  # noqa: S101 - a new message with a model always gets a run
-    return thread, run.message_id, created
+    return conversation.session_post(
+        user=user,
+        session_id=request.session_id,
+        text=request.message,
+        title=request.message.strip()[:SESSION_NAME_CHARS],
+        session_prompt=request.session_prompt,
+        file_ids=request.file_ids,
+        model=model,
+    )
 
 
 def _session_name(thread_id: str) -> str:
@@ -311,18 +292,10 @@ class AIAtWorkConsumer(AsyncWebsocketConsumer):
         assert self.user is not None  # noqa: S101 - set in connect
         request = _chat_request(data)
         listener = ReplyListener(user=self.user)
-        try:
-            if request.session_id != NEW_SESSION:
-                # Follow before posting, so not one delta of the reply can be missed.
-                await listener.follow(request.session_id)
-            thread, reply_id, created = await database_sync_to_async(_chat_post)(self.user, request)
-            if created:
-                # A new session was made with its question in one transaction; read its log
-                # from the start, which holds everything committed so far.
-                await listener.subscription.subscribe(thread.pk, 0)
-        except BaseException:
-            await listener.close()
-            raise
+        user = self.user
+        thread, posted = await listener.ask(request.session_id, lambda: _chat_post(user, request))
+        assert posted.run is not None  # noqa: S101 - a new message with a model gets a run
+        reply_id = posted.run.message_id
         task = asyncio.create_task(self._answer(listener, thread.pk, reply_id, request.stream))
         self.replies.add(task)
         task.add_done_callback(self.replies.discard)
@@ -400,29 +373,23 @@ class UploadApi(APIView):
     def post(self, request: Request) -> Response:
         user = request_user(request)
         require_perm(user, Perm.MESSAGE_CREATE)
-        declared = query_int(request.META, "CONTENT_LENGTH", default=0) or 0
-        if declared > upload_request_limit_bytes():
-            raise too_large()
-        request.upload_handlers = [
-            SizeLimitUploadHandler(request),
-            MemoryFileUploadHandler(request),
-            TemporaryFileUploadHandler(request),
-        ]
+        upload_limit_install(request)
         session_id = request.data.get("session_id") or ""
         if not isinstance(session_id, str) or not session_id:
             raise Invalid("Session ID is required", fields={"session_id": ["Required."]})
         upload = request.FILES.get("file")
         if not isinstance(upload, UploadedFile):
             raise Invalid("Send the file in a multipart field named 'file'.")
+        # The original read session_prompt only when starting a session.
+        prompt = request.data.get("session_prompt") or "" if session_id == NEW_SESSION else ""
+        if not isinstance(prompt, str) or len(prompt) > MAX_SESSION_PROMPT:
+            raise Invalid("session_prompt is not valid.")
         with transaction.atomic():
-            if session_id == NEW_SESSION:
-                require_perm(user, Perm.THREAD_CREATE)
-                prompt = request.data.get("session_prompt") or ""
-                if not isinstance(prompt, str) or len(prompt) > MAX_SESSION_PROMPT:
-                    raise Invalid("session_prompt is not valid.")
-                thread, _ = services.thread_create(creator=user, session_prompt=prompt)
-            else:
-                thread = access_thread(user=user, thread_id=session_id, perm=Perm.MESSAGE_CREATE)
+            thread, _ = conversation.session_open(
+                user=user,
+                session_id=None if session_id == NEW_SESSION else session_id,
+                session_prompt=prompt,
+            )
             file = services.file_create(
                 owner=user,
                 name=upload.name or "file",

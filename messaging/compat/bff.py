@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
@@ -37,8 +36,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import services as agent_services
-from agents.selectors import artifacts_of_message, model_for_request
+from agents import conversation
+from agents.conversation import Posted
+from agents.selectors import artifacts_of_message
 from chatproject.api import (
     StrictCharField,
     StrictInputSerializer,
@@ -46,20 +46,17 @@ from chatproject.api import (
     query_int,
     request_user,
 )
-from messaging import services
-from messaging.compat.common import ReplyListener, post_message
-from messaging.selectors import MAX_PAGE_SIZE, MessageRow, message_page
+from messaging.compat.common import ReplyListener
+from messaging.selectors import MAX_PAGE_SIZE, MessageRow
 from messaging.sse import authenticate, csrf_failure, error_response
 from threads import selectors as thread_selectors
-from threads import services as thread_services
 from threads.errors import ApplicationError, Invalid
 from threads.models import Thread, User
-from threads.permissions import Perm, require_perm
-from threads.selectors import access_thread
 from threads.wire import iso
 
 MAX_TITLE = 200
 MAX_SESSION_PROMPT = 20_000
+SESSION_TITLE_CHARS = 60  # a new session is named after the start of its first message
 
 # --- the artifacts hook --------------------------------------------------------------------
 
@@ -158,13 +155,11 @@ class ChatSessionsApi(APIView):
         summary="BFF: start a chat session (a thread the caller owns)",
     )
     def post(self, request: Request) -> Response:
-        user = request_user(request)
-        require_perm(user, Perm.THREAD_CREATE)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
-        thread, _ = services.thread_create(
-            creator=user,
+        thread, _ = conversation.thread_start(
+            user=request_user(request),
             title=data.get("title", ""),
             session_prompt=data.get("sessionPrompt", ""),
         )
@@ -178,10 +173,7 @@ class ChatSessionDetailApi(APIView):
         summary="BFF: delete a session (its owner or an admin), its messages and files",
     )
     def delete(self, request: Request, session_id: str) -> Response:
-        user = request_user(request)
-        thread = access_thread(user=user, thread_id=session_id, perm=Perm.THREAD_DELETE)
-        thread_services.require_owner(thread=thread, actor=user)
-        agent_services.thread_delete(thread=thread)
+        conversation.thread_remove(user=request_user(request), thread_id=session_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -219,11 +211,9 @@ class ChatHistoryApi(APIView):
         session_id = request.query_params.get("sessionId") or ""
         if not session_id:
             raise Invalid("sessionId is required.", fields={"sessionId": ["Required."]})
-        thread = access_thread(
-            user=request_user(request), thread_id=session_id, perm=Perm.MESSAGE_VIEW
-        )
-        page = message_page(
-            thread=thread,
+        thread, page = conversation.history_page(
+            user=request_user(request),
+            thread_id=session_id,
             before=query_int(request.query_params, "before"),
             limit=query_int(request.query_params, "limit", default=50, minimum=1) or 50,
         )
@@ -255,30 +245,22 @@ def _parse(request: HttpRequest) -> dict[str, Any]:
     unknown = sorted(set(body) - {"sessionId", "message", "modelId"})
     if unknown:
         raise Invalid("Unknown fields.", fields={key: ["Unknown field."] for key in unknown})
-    message = body.get("message")
-    if not isinstance(message, str) or not message.strip():
+    if not isinstance(body.get("message"), str):
         raise Invalid("message is required.", fields={"message": ["Required."]})
-    if len(message) > settings.MAX_MESSAGE_CHARS:
-        raise Invalid("message is too long.", fields={"message": ["Too long."]})
     for key in ("sessionId", "modelId"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise Invalid(f"{key} must be a string.", fields={key: ["Must be a string."]})
     return body
 
 
-def _open_session(user: User, session_id: str | None, text: str) -> Thread:
-    if session_id:
-        return access_thread(user=user, thread_id=session_id, perm=Perm.MESSAGE_CREATE)
-    require_perm(user, Perm.THREAD_CREATE)
-    thread, _ = services.thread_create(creator=user, title=text.strip()[:60])
-    return thread
-
-
-def _post(user: User, thread: Thread, text: str, model_ref: str | None) -> tuple[str, str]:
-    model = model_for_request(user=user, model_ref=model_ref)
-    message, _, run = post_message(user=user, thread=thread, text=text, model=model)
-    assert run is not None  # noqa: S101 - a new message with a model always gets a run
-    return message.pk, run.message_id
+def _post(user: User, body: dict[str, Any]) -> tuple[Thread, Posted, bool]:
+    return conversation.session_post(
+        user=user,
+        session_id=body.get("sessionId") or None,
+        text=body["message"],
+        title=body["message"].strip()[:SESSION_TITLE_CHARS],
+        model_ref=body.get("modelId"),
+    )
 
 
 @csrf_exempt  # checked below for session callers; token callers need none
@@ -294,17 +276,14 @@ async def chat_messages(request: HttpRequest) -> HttpResponseBase:
     listener = ReplyListener(user=user)
     try:
         body = _parse(request)
-        thread = await database_sync_to_async(_open_session)(
-            user, body.get("sessionId"), body["message"]
-        )
-        # Follow the thread before posting, so not one delta of the reply can be missed.
-        await listener.follow(thread.pk)
-        message_id, reply_id = await database_sync_to_async(_post)(
-            user, thread, body["message"], body.get("modelId")
+        thread, posted = await listener.ask(
+            body.get("sessionId") or None, lambda: _post(user, body)
         )
     except ApplicationError as exc:
-        await listener.close()
+        await listener.close()  # again, if ask closed it: closing twice is harmless
         return error_response(exc)
+    assert posted.run is not None  # noqa: S101 - a new message with a model gets a run
+    message_id, reply_id = posted.message.pk, posted.run.message_id
 
     async def stream() -> AsyncIterator[str]:
         try:

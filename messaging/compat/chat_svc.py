@@ -39,19 +39,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import services as agent_services
-from agents.selectors import model_for_request
+from agents import conversation
 from chatproject.api import api_exception_handler, request_user
 from messaging import selectors, services
 from messaging.apis import _MetaField
-from messaging.compat.common import post_message, thread_messages
 from messaging.events import EventType
 from messaging.models import Message
 from messaging.selectors import MAX_PAGE_SIZE, MessageRow
 from messaging.sse import KEEPALIVE_SECONDS, QUEUE_LIMIT, authenticate
 from messaging.streams import MAX_THREADS_PER_CONNECTION, Subscription
 from threads import selectors as thread_selectors
-from threads import services as thread_services
 from threads.authentication import BearerTokenAuthentication
 from threads.errors import ApplicationError, Forbidden, Invalid, NotFound
 from threads.ids import ID_MAX_LENGTH
@@ -166,9 +163,8 @@ class SaveThreadApi(ChatSvcApi):
         if thread is not None:
             self._update(user, thread, data)
         else:
-            require_perm(user, Perm.THREAD_CREATE)
-            thread, created = services.thread_create(
-                creator=user,
+            thread, created = conversation.thread_start(
+                user=user,
                 title=data.get("title", ""),
                 members=_users(data.get("userIds", [])),
                 topic_ids=data.get("topicIds", []),
@@ -216,10 +212,7 @@ class ListThreadsApi(ChatSvcApi):
 
 class DeleteThreadApi(ChatSvcApi):
     def delete(self, request: Request, thread_id: str) -> Response:
-        user = request_user(request)
-        thread = access_thread(user=user, thread_id=thread_id, perm=Perm.THREAD_DELETE)
-        thread_services.require_owner(thread=thread, actor=user)
-        agent_services.thread_delete(thread=thread)
+        conversation.thread_remove(user=request_user(request), thread_id=thread_id)
         return Response({})
 
 
@@ -258,21 +251,12 @@ class SaveMessageApi(ChatSvcApi):
                 raise Invalid(
                     "This message belongs to another thread.", fields={"id": [message_id]}
                 )
-            require_perm(user, Perm.MESSAGE_EDIT)
-            selectors.require_message_editor(user=user, message=existing)
-            if not text.strip() and not existing.file_ids:
-                raise Invalid("A message needs text or files.", fields={"text": ["Blank."]})
-            if text != existing.text:
-                services.message_edit(message=existing, text=text)
+            conversation.message_revise(user=user, message=existing, text=text)
             return Response({})
-        if not text.strip() and not data.get("fileIds"):
-            raise Invalid("A message needs text or files.", fields={"text": ["Blank."]})
-        model = model_for_request(user=user, model_ref=None) if thread.ai_reply else None
-        post_message(
+        conversation.message_send(
             user=user,
             thread=thread,
             text=text,
-            model=model,
             file_ids=data.get("fileIds", []),
             meta=data.get("meta"),
             message_id=message_id,
@@ -319,11 +303,11 @@ class ListMessagesApi(ChatSvcApi):
                 raise Invalid("Give threadId or ids.", fields={"threadId": ["Required."]})
             rows = selectors.messages_by_ids(user=user, ids=ids)
             return Response({"messages": [chat_message_json(row) for row in rows]})
-        thread = access_thread(user=user, thread_id=data["threadId"], perm=Perm.MESSAGE_VIEW)
         body: dict[str, Any] = {}
         if {"limit", "before", "after"} & set(data):
-            page = selectors.message_page(
-                thread=thread,
+            _, page = conversation.history_page(
+                user=user,
+                thread_id=data["threadId"],
                 before=data.get("before"),
                 after=data.get("after"),
                 limit=data.get("limit", 50),
@@ -331,7 +315,7 @@ class ListMessagesApi(ChatSvcApi):
             rows = page.messages
             body = {"hasOlder": page.has_older, "hasNewer": page.has_newer}
         else:
-            rows = thread_messages(thread=thread)
+            _, rows = conversation.history_all(user=user, thread_id=data["threadId"])
         if ids:
             wanted = set(ids)
             rows = [row for row in rows if row.id in wanted]

@@ -1,80 +1,27 @@
-"""What the three compat doors share: posting a message that may ask for an AI reply, reading a
-whole thread, and hearing one AI reply on the event stream.
-
-Nothing here decides anything the native API does not: posting is `message_post` and
-`reply_request` in one transaction (the composition every interface makes, as the native
-ThreadMessagesApi does), reading is `message_page`, hearing is a `Subscription`.
+"""What the compat doors share beyond the conversation layer (agents.conversation, which
+posts, starts, reads and deletes for every door): hearing one AI reply on the event stream,
+with a `Subscription` as every subscriber does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
+from channels.db import database_sync_to_async
 
-from agents.models import AgentRun, AIModel
-from agents.services import reply_request
-from messaging import services
 from messaging.events import EventType
-from messaging.models import Message
-from messaging.selectors import MAX_PAGE_SIZE, MessageRow, message_page
 from messaging.streams import Subscription
 from threads.models import Thread, User
 
+if TYPE_CHECKING:
+    from agents.conversation import Posted
+
 # The longest a door waits for a reply it is streaming: the worker's own limit, and then some.
 REPLY_TIMEOUT_SECONDS = 600
-
-
-def post_message(
-    *,
-    user: User,
-    thread: Thread,
-    text: str,
-    model: AIModel | None,
-    file_ids: Sequence[str] = (),
-    meta: dict[str, Any] | None = None,
-    message_id: str | None = None,
-    gateway_token: str | None = None,
-) -> tuple[Message, bool, AgentRun | None]:
-    """Post `user`'s message and, when `model` is given, ask it for a reply, in one transaction
-    (a refused reply, e.g. for the balance, takes the question back with it). A retried post
-    (same client id) returns the first message and asks for nothing."""
-    with transaction.atomic():
-        message, created = services.message_post(
-            thread=thread,
-            author=user,
-            text=text,
-            file_ids=file_ids,
-            meta=meta,
-            message_id=message_id,
-        )
-        run = None
-        if created and model is not None:
-            run = reply_request(
-                thread=thread,
-                requester=user,
-                request_message=message,
-                model=model,
-                gateway_token=gateway_token,
-            )
-    return message, created, run
-
-
-def thread_messages(*, thread: Thread) -> list[MessageRow]:
-    """Every message of a thread, oldest first, read page by page along the (thread, seq) index.
-    For protocols whose clients expect the whole conversation in one answer."""
-    rows: list[MessageRow] = []
-    after = 0
-    while True:
-        page = message_page(thread=thread, after=after, limit=MAX_PAGE_SIZE)
-        rows.extend(page.messages)
-        if not page.has_newer or not page.messages:
-            return rows
-        after = page.messages[-1].seq
 
 
 @dataclass
@@ -105,6 +52,24 @@ class ReplyListener:
 
     async def close(self) -> None:
         await self.subscription.close()
+
+    async def ask(
+        self, session_id: str | None, post: Callable[[], tuple[Thread, Posted, bool]]
+    ) -> tuple[Thread, Posted]:
+        """Run `post` (agents.conversation.session_post, in a worker thread) so that not one
+        delta of its reply can be missed: an existing session is followed before the post; a
+        session the post made is followed after it, from the start of its log, which holds
+        everything committed so far. On failure the listener is closed and the error raised."""
+        try:
+            if session_id is not None:
+                await self.follow(session_id)
+            thread, posted, created = await database_sync_to_async(post)()
+            if created:
+                await self.subscription.subscribe(thread.pk, 0)
+        except BaseException:
+            await self.close()
+            raise
+        return thread, posted
 
     async def reply(
         self, message_id: str, *, quiet_seconds: float = REPLY_TIMEOUT_SECONDS

@@ -21,6 +21,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from agents.llm.proto import ai_service_pb2, ai_service_pb2_grpc
 from agents.models import Account, AgentRun, AIModel, LedgerEntry, LegacyModelNumber, ThreadSummary
 from chatproject.asgi import application
+from messaging import services as messaging_services
 from messaging.models import Message
 from tests.conftest import Cast
 from tests.helpers import post
@@ -212,7 +213,7 @@ def test_an_unreachable_or_unconfigured_agent_fails_the_reply(
 
 
 def test_upkeep_does_not_call_the_agent(cast: Cast, agent: Agent, agent_model: AIModel) -> None:
-    thread, _ = thread_services.thread_create(creator=cast.alice)  # "New chat": would be titled
+    thread, _ = messaging_services.thread_create(creator=cast.alice)  # "New chat": would be titled
     response = cast.client(cast.alice).post(
         f"/api/v1/threads/{thread.pk}/messages/",
         {"text": "hi", "reply": True, "modelId": "My agent"},

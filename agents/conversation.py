@@ -1,0 +1,196 @@
+"""The conversation layer: what every door does to a conversation, written once.
+
+The native REST API, the web UI (a client of that API), Chat Svc, the dashboard BFF and
+AI-at-Work's socket and upload all start, post to, read and delete conversations through these
+functions, so a rule or a fix lands once for every protocol. The doors only parse their
+protocol's request and shape its answer.
+
+It sits in `agents`, the top domain layer, because posting composes a message (messaging) with
+its AI reply (agents) in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+
+from agents import services
+from agents.models import AgentRun, AIModel
+from agents.selectors import model_for_request
+from messaging import selectors as message_selectors
+from messaging import services as message_services
+from messaging.models import Message
+from messaging.selectors import MessagePage, MessageRow
+from threads import services as thread_services
+from threads.errors import Invalid
+from threads.models import Thread, User
+from threads.permissions import Perm, require_perm
+from threads.selectors import access_thread
+
+
+@dataclass(frozen=True)
+class Posted:
+    """A posted message; `created` is False for a retried post (same client id), which asks for
+    nothing; `run` is the AI reply it asked for, if any."""
+
+    message: Message
+    created: bool
+    run: AgentRun | None
+
+
+def message_send(
+    *,
+    user: User,
+    thread: Thread,
+    text: str,
+    file_ids: Sequence[str] = (),
+    meta: dict[str, Any] | None = None,
+    message_id: str | None = None,
+    reply: bool | None = None,
+    model_ref: str | None = None,
+    model: AIModel | None = None,
+    gateway_token: str | None = None,
+) -> Posted:
+    """Post `user`'s message to `thread` and, when a reply is wanted, ask the model for it, in
+    one transaction: a refused reply (the balance, say) takes the question back with it.
+
+    `reply` None means the thread's aiReply setting. The model is `model` when the door has
+    already resolved one (AI-at-Work's legacy numbers), else `model_ref` (an id or name) or the
+    default; a model the user may not use is refused before anything is written.
+    `gateway_token` is the asker's bearer token, forwarded by the crew's gateway tool.
+    """
+    if not text.strip() and not file_ids:
+        raise Invalid("A message needs text or files.", fields={"text": ["Blank."]})
+    wants_reply = thread.ai_reply if reply is None else reply
+    if not wants_reply:
+        model = None
+    elif model is None:
+        model = model_for_request(user=user, model_ref=model_ref)
+    with transaction.atomic():
+        message, created = message_services.message_post(
+            thread=thread,
+            author=user,
+            text=text,
+            file_ids=file_ids,
+            meta=meta,
+            message_id=message_id,
+        )
+        run = None
+        if created and model is not None:
+            run = services.reply_request(
+                thread=thread,
+                requester=user,
+                request_message=message,
+                model=model,
+                gateway_token=gateway_token,
+            )
+    return Posted(message=message, created=created, run=run)
+
+
+def message_revise(*, user: User, message: Message, text: str) -> Message:
+    """Edit the caller's own message (its author's right). Saving the same text again is not
+    an edit: nothing is written and the message is not marked edited."""
+    require_perm(user, Perm.MESSAGE_EDIT)
+    message_selectors.require_message_editor(user=user, message=message)
+    if not text.strip() and not message.file_ids:
+        raise Invalid("A message needs text or files.", fields={"text": ["Blank."]})
+    if text == message.text:
+        return message
+    return message_services.message_edit(message=message, text=text)
+
+
+def thread_start(
+    *,
+    user: User,
+    title: str = "",
+    members: Sequence[User] = (),
+    topic_ids: Sequence[str] = (),
+    session_prompt: str = "",
+    thread_id: str | None = None,
+    ai_reply: bool = False,
+    topics_as_tags: bool = False,
+) -> tuple[Thread, bool]:
+    """Start a conversation the caller owns; (thread, created). A retried start with the same
+    client id returns the first thread."""
+    require_perm(user, Perm.THREAD_CREATE)
+    return message_services.thread_create(
+        creator=user,
+        title=title,
+        members=members,
+        topic_ids=topic_ids,
+        session_prompt=session_prompt,
+        thread_id=thread_id,
+        ai_reply=ai_reply,
+        topics_as_tags=topics_as_tags,
+    )
+
+
+def session_open(
+    *, user: User, session_id: str | None, title: str = "", session_prompt: str = ""
+) -> tuple[Thread, bool]:
+    """The conversation a message goes to, for the protocols that start one with their first
+    message: the caller's session `session_id`, or (None) a new one; (thread, created)."""
+    if session_id is None:
+        return thread_start(user=user, title=title, session_prompt=session_prompt)
+    return access_thread(user=user, thread_id=session_id, perm=Perm.MESSAGE_CREATE), False
+
+
+def session_post(
+    *,
+    user: User,
+    session_id: str | None,
+    text: str,
+    title: str,
+    session_prompt: str = "",
+    file_ids: Sequence[str] = (),
+    model_ref: str | None = None,
+    model: AIModel | None = None,
+) -> tuple[Thread, Posted, bool]:
+    """Post to the caller's session `session_id` (or, None, to a new one named `title`) and ask
+    for the reply; (thread, posted, whether the session is new). A new session and its first
+    message are one transaction: a refused message or reply leaves no empty session behind."""
+    with transaction.atomic():
+        thread, created = session_open(
+            user=user, session_id=session_id, title=title, session_prompt=session_prompt
+        )
+        posted = message_send(
+            user=user,
+            thread=thread,
+            text=text,
+            file_ids=file_ids,
+            reply=True,
+            model_ref=model_ref,
+            model=model,
+        )
+    return thread, posted, created
+
+
+def thread_remove(*, user: User, thread_id: str) -> None:
+    """Delete a conversation with everything in it: its owner's (or an admin's) right."""
+    thread = access_thread(user=user, thread_id=thread_id, perm=Perm.THREAD_DELETE)
+    thread_services.require_owner(thread=thread, actor=user)
+    services.thread_delete(thread=thread)
+
+
+def history_page(
+    *,
+    user: User,
+    thread_id: str,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = 50,
+) -> tuple[Thread, MessagePage]:
+    """A page of a conversation's messages, oldest first (keyset on seq)."""
+    thread = access_thread(user=user, thread_id=thread_id, perm=Perm.MESSAGE_VIEW)
+    page = message_selectors.message_page(thread=thread, before=before, after=after, limit=limit)
+    return thread, page
+
+
+def history_all(*, user: User, thread_id: str) -> tuple[Thread, list[MessageRow]]:
+    """Every message of a conversation, oldest first, for the protocols whose clients expect
+    the whole of it in one answer."""
+    thread = access_thread(user=user, thread_id=thread_id, perm=Perm.MESSAGE_VIEW)
+    return thread, message_selectors.thread_messages(thread=thread)
