@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from threads.authentication import token_from_header
 from threads.errors import ApplicationError, Invalid
 from threads.models import User
 
@@ -42,11 +43,7 @@ def request_user(request: Request) -> User:
 def bearer_token(request: Request | HttpRequest) -> str | None:
     """The raw bearer token the caller authenticated with, if any: the crew's gateway tool
     forwards it to the operator's gateway as the user's own credential."""
-    header = request.META.get("HTTP_AUTHORIZATION", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() in {"bearer", "token"} and token.strip():
-        return token.strip()
-    return None
+    return token_from_header(request.META.get("HTTP_AUTHORIZATION", ""))
 
 
 def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:

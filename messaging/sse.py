@@ -21,7 +21,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from chatproject.api import error_body
 from messaging.events import TRANSIENT_TYPES
 from messaging.streams import MAX_THREADS_PER_CONNECTION, Subscription
-from threads.authentication import user_from_token
+from threads.authentication import token_from_header, user_from_token
 from threads.errors import ApplicationError, Invalid
 from threads.models import User
 
@@ -53,13 +53,8 @@ def format_positions(positions: dict[str, int]) -> str:
 
 async def authenticate(request: HttpRequest) -> User | None:
     """The caller of a plain async view: API token (header or ?token=) or session."""
-    header = request.headers.get("Authorization", "").split()
-    raw = None
-    if len(header) == 2 and header[0].lower() in {"bearer", "token"}:
-        raw = header[1]
-    elif request.GET.get("token"):
-        raw = request.GET["token"]
-    if raw is not None:
+    raw = token_from_header(request.headers.get("Authorization", "")) or request.GET.get("token")
+    if raw:
         return await database_sync_to_async(user_from_token)(raw)
     user = await request.auser()
     return user if isinstance(user, User) and user.is_active else None
@@ -68,8 +63,7 @@ async def authenticate(request: HttpRequest) -> User | None:
 def csrf_failure(request: HttpRequest) -> JsonResponse | None:
     """For a write authenticated by the session cookie, Django's CSRF check (as DRF's
     SessionAuthentication does it); token callers are exempt, as a token is not ambient."""
-    header = request.headers.get("Authorization", "").split()
-    if (len(header) == 2 and header[0].lower() in {"bearer", "token"}) or request.GET.get("token"):
+    if token_from_header(request.headers.get("Authorization", "")) or request.GET.get("token"):
         return None
     middleware = CsrfViewMiddleware(lambda r: HttpResponse())
     reason = middleware.process_view(request, lambda r: HttpResponse(), (), {})

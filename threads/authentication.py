@@ -16,7 +16,7 @@ from threads.backends import permission_codes_sql, permissions_preload
 from threads.models import ApiToken, User
 from threads.services import token_digest
 
-_KEYWORDS = (b"bearer", b"token")
+TOKEN_SCHEMES = frozenset({"bearer", "token"})
 # Writing last_used_at on every request would turn every read into a write; a minute is precise
 # enough for an operator deciding whether a token is still in use.
 _LAST_USED_GRANULARITY = timedelta(minutes=1)
@@ -51,6 +51,22 @@ def _token_sql(vendor: str) -> str:
     )
 
 
+def token_scheme_used(header: str) -> bool:
+    """Whether an Authorization header value names a token scheme (Bearer or Token), well
+    formed or not."""
+    parts = header.split()
+    return bool(parts) and parts[0].lower() in TOKEN_SCHEMES
+
+
+def token_from_header(header: str) -> str | None:
+    """The raw token of an `Authorization: Bearer <token>` (or `Token <token>`) value; None for
+    no header, another scheme, or a malformed one. Every door reads the header through this."""
+    parts = header.split()
+    if len(parts) == 2 and token_scheme_used(header):
+        return parts[1]
+    return None
+
+
 def user_from_token(raw: str) -> User | None:
     """The active user a raw token belongs to, or None. Shared by REST and WebSocket auth."""
     now = timezone.now()
@@ -73,15 +89,15 @@ def user_from_token(raw: str) -> User | None:
 
 class BearerTokenAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[User, ApiToken | None] | None:
-        parts = get_authorization_header(request).split()
-        if not parts or parts[0].lower() not in _KEYWORDS:
-            return None
-        if len(parts) != 2:
-            raise exceptions.AuthenticationFailed("Malformed Authorization header.")
         try:
-            raw = parts[1].decode()
+            header = get_authorization_header(request).decode()
         except UnicodeDecodeError as exc:
-            raise exceptions.AuthenticationFailed("Malformed token.") from exc
+            raise exceptions.AuthenticationFailed("Malformed Authorization header.") from exc
+        if not token_scheme_used(header):
+            return None
+        raw = token_from_header(header)
+        if raw is None:
+            raise exceptions.AuthenticationFailed("Malformed Authorization header.")
         user = user_from_token(raw)
         if user is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")

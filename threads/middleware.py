@@ -9,15 +9,15 @@ from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
-from threads.authentication import user_from_token
+from threads.authentication import token_from_header, user_from_token
 
 
 def _token_from_scope(scope: dict[str, Any]) -> str | None:
     for name, value in scope.get("headers", []):
         if name == b"authorization":
-            parts = value.decode("latin1").split()
-            if len(parts) == 2 and parts[0].lower() in {"bearer", "token"}:
-                return parts[1]
+            raw = token_from_header(value.decode("latin1"))
+            if raw is not None:
+                return raw
     query = parse_qs(scope.get("query_string", b"").decode("latin1"))
     values = query.get("token")
     return values[0] if values else None
