@@ -15,7 +15,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from messaging.streams import Subscription
 from threads.errors import ApplicationError, Invalid
-from threads.models import User
+from threads.middleware import scope_user
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
     subscription: Subscription | None = None
 
     async def connect(self) -> None:
-        # AuthMiddlewareStack leaves a resolved lazy object; work with the real user.
-        user = getattr(self.scope.get("user"), "_wrapped", self.scope.get("user"))
-        if not isinstance(user, User) or not user.is_active:
+        user = scope_user(self.scope)
+        if user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         await self.accept()

@@ -10,6 +10,7 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 
 from threads.authentication import token_from_header, user_from_token
+from threads.models import User
 
 
 def _token_from_scope(scope: dict[str, Any]) -> str | None:
@@ -21,6 +22,14 @@ def _token_from_scope(scope: dict[str, Any]) -> str | None:
     query = parse_qs(scope.get("query_string", b"").decode("latin1"))
     values = query.get("token")
     return values[0] if values else None
+
+
+def scope_user(scope: dict[str, Any]) -> User | None:
+    """The active user a socket's scope carries (token or session), or None. Every socket door
+    checks its caller with this at connect."""
+    # AuthMiddlewareStack leaves a resolved lazy object; work with the real user.
+    user = getattr(scope.get("user"), "_wrapped", scope.get("user"))
+    return user if isinstance(user, User) and user.is_active else None
 
 
 class TokenAuthMiddleware:

@@ -90,6 +90,9 @@ def _decode_thread_cursor(cursor: str) -> tuple[datetime, str]:
         raise Invalid("Malformed cursor.", fields={"cursor": ["Malformed cursor."]}) from exc
 
 
+MAX_THREAD_PAGE = 200
+
+
 def thread_list(
     *,
     user: User,
@@ -98,6 +101,8 @@ def thread_list(
     limit: int = 50,
 ) -> ThreadPage:
     """The user's threads, newest activity first, keyset-paged on (last_activity_at, id)."""
+    if not 1 <= limit <= MAX_THREAD_PAGE:
+        raise Invalid(f"limit must be 1 to {MAX_THREAD_PAGE}.", fields={"limit": ["Out of range."]})
     require_perm(user, Perm.THREAD_VIEW)
     queryset = _thread_queryset().filter(memberships__user=user)
     if topic and "\x00" in topic:

@@ -53,6 +53,7 @@ from messaging.compat.common import ReplyListener
 from messaging.uploads import upload_limit_install
 from threads import selectors as thread_selectors
 from threads.errors import ApplicationError, Invalid
+from threads.middleware import scope_user
 from threads.models import Thread, User
 from threads.permissions import Perm, require_perm
 
@@ -203,8 +204,8 @@ class AIAtWorkConsumer(AsyncWebsocketConsumer):
     user: User | None = None
 
     async def connect(self) -> None:
-        user = getattr(self.scope.get("user"), "_wrapped", self.scope.get("user"))
-        if not isinstance(user, User) or not user.is_active:
+        user = scope_user(self.scope)
+        if user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user = user

@@ -47,7 +47,7 @@ from chatproject.api import (
     request_user,
 )
 from messaging.compat.common import ReplyListener
-from messaging.selectors import MAX_PAGE_SIZE, MessageRow
+from messaging.selectors import MessageRow
 from messaging.sse import authenticate, csrf_failure, error_response
 from threads import selectors as thread_selectors
 from threads.errors import ApplicationError, Invalid
@@ -134,8 +134,6 @@ class ChatSessionsApi(APIView):
     )
     def get(self, request: Request) -> Response:
         limit = query_int(request.query_params, "limit", default=50, minimum=1) or 50
-        if limit > MAX_PAGE_SIZE:
-            raise Invalid("limit must be 1 to 200.", fields={"limit": ["Out of range."]})
         page = thread_selectors.thread_list(
             user=request_user(request),
             cursor=request.query_params.get("cursor") or None,
