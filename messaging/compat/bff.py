@@ -28,7 +28,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -49,7 +49,7 @@ from chatproject.api import (
 from messaging import services
 from messaging.compat.common import ReplyListener, post_message
 from messaging.selectors import MAX_PAGE_SIZE, MessageRow, message_page
-from messaging.sse import authenticate, csrf_failure, error_response
+from messaging.sse import authenticate, csrf_failure, error_response, sse_json, sse_response
 from threads import selectors as thread_selectors
 from threads import services as thread_services
 from threads.errors import ApplicationError, Invalid
@@ -242,7 +242,7 @@ class ChatHistoryApi(APIView):
 
 
 def _frame(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return sse_json(event, data)
 
 
 def _parse(request: HttpRequest) -> dict[str, Any]:
@@ -335,7 +335,4 @@ async def chat_messages(request: HttpRequest) -> HttpResponseBase:
         finally:
             await listener.close()
 
-    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return sse_response(stream())
