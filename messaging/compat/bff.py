@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -48,7 +48,7 @@ from chatproject.api import (
 )
 from messaging.compat.common import ReplyListener
 from messaging.selectors import MessageRow
-from messaging.sse import authenticate, csrf_failure, error_response
+from messaging.sse import authenticate, csrf_failure, error_response, sse_json, sse_response
 from threads import selectors as thread_selectors
 from threads.errors import ApplicationError, Invalid
 from threads.models import Thread, User
@@ -229,10 +229,6 @@ class ChatHistoryApi(APIView):
 # --- the streamed reply -------------------------------------------------------------------
 
 
-def _frame(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
 def _parse(request: HttpRequest) -> dict[str, Any]:
     try:
         body = json.loads(request.body or b"{}")
@@ -285,16 +281,16 @@ async def chat_messages(request: HttpRequest) -> HttpResponseBase:
 
     async def stream() -> AsyncIterator[str]:
         try:
-            yield _frame(
+            yield sse_json(
                 "session",
                 {"sessionId": thread.pk, "messageId": message_id, "replyMessageId": reply_id},
             )
             async for step in listener.reply(reply_id):
                 if step.kind == "delta":
-                    yield _frame("delta", step.data)
+                    yield sse_json("delta", step.data)
                     continue
                 artifacts = await database_sync_to_async(reply_artifacts)(message_id=reply_id)
-                yield _frame(
+                yield sse_json(
                     "done",
                     {
                         "messageId": reply_id,
@@ -306,13 +302,10 @@ async def chat_messages(request: HttpRequest) -> HttpResponseBase:
                     },
                 )
         except TimeoutError:
-            yield _frame("error", {"message": "The reply took too long."})
+            yield sse_json("error", {"message": "The reply took too long."})
         except LookupError as exc:
-            yield _frame("error", {"message": str(exc)})
+            yield sse_json("error", {"message": str(exc)})
         finally:
             await listener.close()
 
-    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return sse_response(stream())

@@ -21,15 +21,12 @@ Each route is thin: parse, `access_thread` / `access_message`, one service, shap
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.db import transaction
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.urls import path
 from rest_framework import serializers
@@ -46,7 +43,14 @@ from messaging.apis import _MetaField
 from messaging.events import EventType
 from messaging.models import Message
 from messaging.selectors import MAX_PAGE_SIZE, MessageRow
-from messaging.sse import KEEPALIVE_SECONDS, QUEUE_LIMIT, authenticate
+from messaging.sse import (
+    authenticate,
+    sse_frame,
+    sse_json,
+    sse_response,
+    subscription_frames,
+    subscription_queue,
+)
 from messaging.streams import MAX_THREADS_PER_CONNECTION, Subscription
 from threads import selectors as thread_selectors
 from threads.authentication import BearerTokenAuthentication
@@ -390,8 +394,7 @@ def _followed_threads(user: User) -> list[str]:
 
 
 def _sse(name: str, thread_id: str) -> str:
-    payload = json.dumps({"name": name, "data": {"threadId": thread_id}}, separators=(",", ":"))
-    return f"event: {name}\ndata: {payload}\n\n"
+    return sse_json(name, {"name": name, "data": {"threadId": thread_id}})
 
 
 async def events(request: HttpRequest) -> HttpResponseBase:
@@ -404,16 +407,7 @@ async def events(request: HttpRequest) -> HttpResponseBase:
     user = await authenticate(request)
     if user is None:
         return chat_svc_error("Authentication credentials were not provided.", 401)
-    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=QUEUE_LIMIT)
-
-    async def send(text: str) -> None:
-        try:
-            queue.put_nowait(text)
-        except asyncio.QueueFull:
-            logger.warning("Chat Svc stream of %s fell behind; closing", user.pk)
-            subscription.closed = True
-
-    subscription = Subscription(user=user, send=send)
+    subscription, queue = subscription_queue(user, label="Chat Svc stream")
     try:
         await subscription.open()
         for thread_id in await database_sync_to_async(_followed_threads)(user):
@@ -422,33 +416,17 @@ async def events(request: HttpRequest) -> HttpResponseBase:
         await subscription.close()
         return chat_svc_error(exc.message, exc.status)
 
-    async def stream() -> AsyncIterator[str]:
-        try:
-            yield "retry: 2000\n: connected\n\n"
-            while not subscription.closed:
-                try:
-                    text = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_SECONDS)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                event = json.loads(text)
-                thread_id = str(event.get("threadId"))
-                if event.get("type") == EventType.THREAD_ADDED and (
-                    thread_id not in subscription.threads
-                ):
-                    # Followed before the client hears of it: whatever it does on hearing
-                    # (post, fetch) is already covered.
-                    await _follow_new(subscription, thread_id, event.get("seq"))
-                name = EVENT_NAMES.get(event.get("type", ""))
-                if name is not None:
-                    yield _sse(name, thread_id)
-        finally:
-            await subscription.close()
+    async def shape(event: dict[str, Any], text: str) -> str | None:
+        thread_id = str(event.get("threadId"))
+        if event.get("type") == EventType.THREAD_ADDED and thread_id not in subscription.threads:
+            # Followed before the client hears of it: whatever it does on hearing
+            # (post, fetch) is already covered.
+            await _follow_new(subscription, thread_id, event.get("seq"))
+        name = EVENT_NAMES.get(event.get("type", ""))
+        return None if name is None else _sse(name, thread_id)
 
-    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    hello = sse_frame(retry=2000, comment="connected")
+    return sse_response(subscription_frames(subscription, queue, hello=hello, shape=shape))
 
 
 async def _follow_new(subscription: Subscription, thread_id: str, seq: Any) -> None:

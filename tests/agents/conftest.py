@@ -6,7 +6,6 @@ from typing import Any
 import pytest
 from django.apps import apps
 
-from messaging import events
 from tests.agents.scripted_llm import RemoteScriptedProvider, ScriptedProvider
 
 
@@ -30,7 +29,9 @@ def remote_llm(monkeypatch: pytest.MonkeyPatch) -> RemoteScriptedProvider:
 def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Every event the services publish, in order, instead of sending it."""
     sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(events, "publish", lambda event, groups: sent.append(event))
+    # The module, not the package: `messaging.events.publish` is the function itself.
+    publishing = importlib.import_module("messaging.events.publish")
+    monkeypatch.setattr(publishing, "publish", lambda event, groups: sent.append(event))
     return sent
 
 

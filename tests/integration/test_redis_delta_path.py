@@ -4,6 +4,7 @@ channels-redis' pub/sub layer and received by its own subscriber."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import uuid
 
 import pytest
@@ -11,6 +12,9 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from messaging import events, livetext
 from tests.integration.conftest import REDIS_URL, _check_redis
+
+# The module, not the package: `events.publish` is the function itself.
+publishing = importlib.import_module("messaging.events.publish")
 
 pytestmark = pytest.mark.integration
 
@@ -54,10 +58,10 @@ def test_a_delta_published_directly_reaches_the_layers_subscribers(
         "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": config}
     }
     layer = RedisPubSubChannelLayer(**config)
-    events._direct_state.clear()
+    publishing._direct_state.clear()
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(events, "get_channel_layer", lambda: layer)
+            patch.setattr(publishing, "get_channel_layer", lambda: layer)
 
             async def scenario() -> dict[str, object]:
                 channel = await layer.new_channel()
@@ -78,7 +82,7 @@ def test_a_delta_published_directly_reaches_the_layers_subscribers(
 
             message = asyncio.run(scenario())
     finally:
-        events._direct_state.clear()
+        publishing._direct_state.clear()
     event = {
         "type": "chatMessageDelta",
         "threadId": "thr_x",

@@ -4,6 +4,7 @@ the outsider, and bad input. Driven through chatproject.asgi.application, as dap
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -517,8 +518,8 @@ async def test_resuming_from_the_current_seq_or_beyond_replays_nothing(
 async def test_resuming_from_before_the_kept_log_gets_resync_then_live_events(
     cast: Cast, ws: Sockets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(events, "EVENT_LOG_KEEP", 3)
-    monkeypatch.setattr(events, "_PRUNE_EVERY", 5)
+    monkeypatch.setattr(events.log, "EVENT_LOG_KEEP", 3)
+    monkeypatch.setattr(events.log, "_PRUNE_EVERY", 5)
     for i in range(6):
         await act(post, cast.thread, cast.alice, f"m{i}")  # pruned at seq 5: the log keeps 3..6
     bob = await ws("bob")
@@ -538,8 +539,8 @@ async def test_resuming_from_before_the_kept_log_gets_resync_then_live_events(
 async def test_resuming_from_the_oldest_kept_seq_needs_no_resync(
     cast: Cast, ws: Sockets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(events, "EVENT_LOG_KEEP", 3)
-    monkeypatch.setattr(events, "_PRUNE_EVERY", 5)
+    monkeypatch.setattr(events.log, "EVENT_LOG_KEEP", 3)
+    monkeypatch.setattr(events.log, "_PRUNE_EVERY", 5)
     messages = [await act(post, cast.thread, cast.alice, f"m{i}") for i in range(6)]
     bob = await ws("bob")
 
@@ -584,7 +585,8 @@ async def test_a_live_event_lost_in_transit_is_filled_from_the_log(
         if event["seq"] != 2:
             real_publish(event, groups=groups)
 
-    monkeypatch.setattr(events, "publish", lose_seq_2)
+    # The module, not the package: `events.publish` is the function itself.
+    monkeypatch.setattr(importlib.import_module("messaging.events.publish"), "publish", lose_seq_2)
     messages = [await act(post, cast.thread, cast.alice, f"m{i}") for i in range(3)]
 
     assert await receive_n(bob, 3) == [m.event for m in messages]

@@ -6,6 +6,7 @@ Zulip-style: capture what a service publishes on commit and assert on the exact 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -34,8 +35,11 @@ CaptureCallbacks = Callable[..., AbstractContextManager[Any]]
 def published(monkeypatch: pytest.MonkeyPatch) -> Published:
     """Every (event, groups) handed to the channel layer, in order."""
     sent: Published = []
+    # The module, not the package: `events.publish` is the function itself.
     monkeypatch.setattr(
-        events, "publish", lambda event, *, groups: sent.append((event, list(groups)))
+        importlib.import_module("messaging.events.publish"),
+        "publish",
+        lambda event, *, groups: sent.append((event, list(groups))),
     )
     return sent
 
@@ -461,8 +465,8 @@ def test_log_since_the_newest_seq_is_empty_and_complete(cast: Cast) -> None:
 @pytest.fixture
 def small_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Keep 3 events per thread, pruning every 5th."""
-    monkeypatch.setattr(events, "EVENT_LOG_KEEP", 3)
-    monkeypatch.setattr(events, "_PRUNE_EVERY", 5)
+    monkeypatch.setattr(events.log, "EVENT_LOG_KEEP", 3)
+    monkeypatch.setattr(events.log, "_PRUNE_EVERY", 5)
     yield
 
 

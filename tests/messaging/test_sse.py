@@ -414,8 +414,8 @@ async def test_resuming_with_last_event_id_gives_exactly_the_missed_events(
 async def test_resuming_from_before_the_kept_log_gets_a_resync_event(
     cast: Cast, streams: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(events, "EVENT_LOG_KEEP", 3)
-    monkeypatch.setattr(events, "_PRUNE_EVERY", 5)
+    monkeypatch.setattr(events.log, "EVENT_LOG_KEEP", 3)
+    monkeypatch.setattr(events.log, "_PRUNE_EVERY", 5)
     for i in range(6):
         await act(post, cast.thread, cast.alice, f"m{i}")  # the log keeps seqs 3..6
     tid = cast.thread.pk
