@@ -18,42 +18,25 @@ from rest_framework.views import APIView
 
 from agents.selectors import model_for_request
 from agents.services import reply_regenerate, reply_request, run_stop
-from chatproject.api import StrictInputSerializer, bearer_token, query_int, request_user
+from chatproject.api import (
+    StrictCharField,
+    StrictInputSerializer,
+    bearer_token,
+    query_int,
+    request_user,
+)
 from messaging import selectors, services
 from messaging.events import EVENT_DOCS
-from messaging.models import File, Message
+from messaging.models import File
 from messaging.storage import download_response
 from messaging.uploads import SizeLimitUploadHandler, too_large, upload_request_limit_bytes
-from messaging.wire import message_json
+from messaging.wire import MessageOutput
 from threads.errors import Invalid
 from threads.ids import ID_MAX_LENGTH
 from threads.permissions import Perm, require_perm
 from threads.selectors import access_thread
 
 MAX_META_KEYS = 50
-
-
-class MessageOutput(serializers.Serializer):
-    id = serializers.CharField()
-    threadId = serializers.CharField(source="thread_id")
-    seq = serializers.IntegerField()
-    userId = serializers.CharField(source="author_id", allow_null=True)
-    text = serializers.CharField()
-    fileIds = serializers.SerializerMethodField()
-    meta = serializers.JSONField()
-    status = serializers.CharField()
-    edited = serializers.BooleanField()
-    createdAt = serializers.DateTimeField(source="created_at")
-    updatedAt = serializers.DateTimeField(source="updated_at")
-
-    def get_fileIds(self, message: Message) -> list[str]:
-        return message.file_ids
-
-    def to_representation(self, message: Message | selectors.MessageRow) -> dict[str, Any]:
-        # messaging.wire writes the shape by hand: this runs for every message of every history
-        # page, and DRF's generic field walk cost more than the page's queries. The fields
-        # declared above document the same shape (a test checks the keys match).
-        return message_json(message)
 
 
 class FileOutput(serializers.Serializer):
@@ -90,12 +73,18 @@ class _MetaField(serializers.JSONField):
         return super().to_internal_value(data)
 
 
+class ReplyOutput(serializers.Serializer):
+    messageId = serializers.CharField(source="message_id", help_text="The AI's message.")
+    runId = serializers.CharField(source="pk")
+    modelId = serializers.CharField(source="model_id")
+
+
 class ThreadMessagesApi(APIView):
     class InputSerializer(StrictInputSerializer):
-        id = serializers.CharField(required=False, max_length=ID_MAX_LENGTH)
-        text = serializers.CharField(allow_blank=True, trim_whitespace=False)
+        id = StrictCharField(required=False, max_length=ID_MAX_LENGTH)
+        text = StrictCharField(allow_blank=True, trim_whitespace=False)
         fileIds = serializers.ListField(
-            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            child=StrictCharField(max_length=ID_MAX_LENGTH),
             required=False,
             max_length=services.MAX_FILES_PER_MESSAGE,
         )
@@ -104,7 +93,7 @@ class ThreadMessagesApi(APIView):
             required=False,
             help_text="Ask the AI to answer (default: the thread's aiReply setting).",
         )
-        modelId = serializers.CharField(
+        modelId = StrictCharField(
             required=False, max_length=100, help_text="A model id or name; default model if absent."
         )
 
@@ -144,18 +133,25 @@ class ThreadMessagesApi(APIView):
         last = page.messages[-1].seq if page.messages else None
         after_cursor = last if last is not None else query_int(params, "after")
         return Response(
-            {
-                "messages": MessageOutput(page.messages, many=True).data,
-                "hasOlder": page.has_older,
-                "hasNewer": page.has_newer,
-                "before": first if page.has_older else None,
-                "after": after_cursor,
-            }
+            self.PageOutputSerializer(
+                {
+                    "messages": page.messages,
+                    "hasOlder": page.has_older,
+                    "hasNewer": page.has_newer,
+                    "before": first if page.has_older else None,
+                    "after": after_cursor,
+                }
+            ).data
+        )
+
+    class PostOutputSerializer(MessageOutput):
+        reply = ReplyOutput(
+            required=False, help_text="Present when the post asked for an AI reply."
         )
 
     @extend_schema(
         request=InputSerializer,
-        responses={201: MessageOutput, 200: MessageOutput},
+        responses={201: PostOutputSerializer, 200: PostOutputSerializer},
         summary="Post a message (a retried post with the same id returns the first)",
     )
     def post(self, request: Request, thread_id: str) -> Response:
@@ -187,13 +183,13 @@ class ThreadMessagesApi(APIView):
                 )
         body = MessageOutput(message).data
         if run is not None:
-            body["reply"] = {"messageId": run.message_id, "runId": run.pk, "modelId": run.model_id}
+            body["reply"] = ReplyOutput(run).data
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class MessageDetailApi(APIView):
     class InputSerializer(StrictInputSerializer):
-        text = serializers.CharField(allow_blank=False, trim_whitespace=False)
+        text = StrictCharField(allow_blank=False, trim_whitespace=False)
 
     @extend_schema(responses=MessageOutput, summary="Read a message")
     def get(self, request: Request, message_id: str) -> Response:
@@ -399,16 +395,20 @@ class SearchApi(APIView):
         return Response(self.OutputSerializer({"messages": messages, "threads": threads}).data)
 
 
+class EventTypeOutput(serializers.Serializer):
+    type = serializers.CharField()
+    description = serializers.CharField()
+    data = serializers.CharField(help_text="What the event's `data` holds.")  # type: ignore[assignment]
+
+
 class EventTypesApi(APIView):
     """The events the WebSocket (/ws/v1/events/) and SSE (/api/v1/events/) doors deliver."""
 
-    class OutputSerializer(serializers.Serializer):
-        type = serializers.CharField()
-        description = serializers.CharField()
-        data = serializers.CharField(help_text="What the event's `data` holds.")  # type: ignore[assignment]
+    class ListOutputSerializer(serializers.Serializer):
+        types = EventTypeOutput(many=True)
 
     @extend_schema(
-        responses=OutputSerializer(many=True),
+        responses=ListOutputSerializer,
         summary="Event types",
         description=(
             "Every event is `{type, threadId, seq, data}`; `seq` rises by one per thread with "
@@ -422,4 +422,4 @@ class EventTypesApi(APIView):
             {"type": str(kind), "description": description, "data": data}
             for kind, (description, data) in EVENT_DOCS.items()
         ]
-        return Response({"types": types})
+        return Response(self.ListOutputSerializer({"types": types}).data)
