@@ -96,7 +96,7 @@ _INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 
 class ArtifactContentApi(APIView):
     @extend_schema(
-        responses={(200, "application/octet-stream"): bytes, 302: None},
+        responses={(200, "*/*"): bytes, 302: None},
         summary="An artifact's bytes (with S3 storage: a redirect to a presigned URL valid "
         "for 5 minutes)",
     )

@@ -8,6 +8,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -15,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from threads.errors import ApplicationError, Invalid
+from threads.ids import CLIENT_ID_PATTERN, ID_MAX_LENGTH
 from threads.models import User
 
 _DRF_CODES: dict[type[exceptions.APIException], str] = {
@@ -117,6 +119,28 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A boolean that must arrive as JSON true or false: DRF's BooleanField also takes 0, 1,
+    "yes" and "off", which the schema's `type: boolean` does not allow."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+@extend_schema_field(
+    {"type": "string", "pattern": CLIENT_ID_PATTERN, "minLength": 1, "maxLength": ID_MAX_LENGTH}
+)
+class ClientIdField(StrictCharField):
+    """An id the client chooses for a create, so that a retry returns the first; the service
+    checks its form (threads.ids.is_valid_client_id), the schema states it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", ID_MAX_LENGTH)
+        super().__init__(**kwargs)
+
+
 def query_int(
     params: Any, name: str, *, default: int | None = None, minimum: int = 0
 ) -> int | None:
@@ -158,6 +182,7 @@ ERROR_DESCRIPTIONS = {
     404: "Not found: missing, or not yours to see (both answer alike).",
     409: "Conflict: a client-chosen id already in use, or a state that refuses the action.",
     413: "The request body is too large.",
+    415: "Unsupported media type: the body is not in the content type this operation reads.",
     429: "Too many requests: throttled.",
 }
 
@@ -170,6 +195,12 @@ class AutoSchema(SpectacularAutoSchema):
 
     def get_serializer_name(self, serializer: serializers.Serializer, direction: Any) -> str:
         return serializer.__class__.__qualname__.replace(".", "")
+
+    def _map_basic_serializer(self, serializer: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = super()._map_basic_serializer(serializer, direction)
+        if direction == "request" and isinstance(serializer, StrictInputSerializer):
+            schema["additionalProperties"] = False  # unknown keys are refused, not ignored
+        return schema
 
     def get_operation(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         operation: dict[str, Any] | None = super().get_operation(*args, **kwargs)
@@ -204,7 +235,7 @@ class AutoSchema(SpectacularAutoSchema):
         if self.method == "POST":
             statuses.add(409)  # a client-chosen id taken, or a state that refuses the action
         if has_body:
-            statuses.add(413)  # chatproject.limits.BodySizeLimit, DATA_UPLOAD_MAX_MEMORY_SIZE
+            statuses |= {413, 415}  # chatproject.limits.BodySizeLimit, DATA_UPLOAD_MAX_MEMORY_SIZE
         if self.view.get_throttles():
             statuses.add(429)
         return sorted(statuses)

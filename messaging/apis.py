@@ -9,7 +9,7 @@ from django.core.files.uploadhandler import MemoryFileUploadHandler, TemporaryFi
 from django.db import transaction
 from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -19,6 +19,8 @@ from rest_framework.views import APIView
 from agents.selectors import model_for_request
 from agents.services import reply_regenerate, reply_request, run_stop
 from chatproject.api import (
+    ClientIdField,
+    StrictBooleanField,
     StrictCharField,
     StrictInputSerializer,
     bearer_token,
@@ -63,6 +65,14 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "maxProperties": MAX_META_KEYS,
+        "additionalProperties": {},
+        "description": "Free-form; text in it may not contain NUL characters.",
+    }
+)
 class _MetaField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         if not isinstance(data, dict) or len(data) > MAX_META_KEYS:
@@ -81,7 +91,7 @@ class ReplyOutput(serializers.Serializer):
 
 class ThreadMessagesApi(APIView):
     class InputSerializer(StrictInputSerializer):
-        id = StrictCharField(required=False, max_length=ID_MAX_LENGTH)
+        id = ClientIdField(required=False)
         text = StrictCharField(allow_blank=True, trim_whitespace=False)
         fileIds = serializers.ListField(
             child=StrictCharField(max_length=ID_MAX_LENGTH),
@@ -89,7 +99,7 @@ class ThreadMessagesApi(APIView):
             max_length=services.MAX_FILES_PER_MESSAGE,
         )
         meta = _MetaField(required=False)
-        reply = serializers.BooleanField(
+        reply = StrictBooleanField(
             required=False,
             help_text="Ask the AI to answer (default: the thread's aiReply setting).",
         )
@@ -111,9 +121,21 @@ class ThreadMessagesApi(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("before", int, description="Messages older than this seq."),
-            OpenApiParameter("after", int, description="Messages newer than this seq."),
-            OpenApiParameter("limit", int, description="1-200, default 50."),
+            OpenApiParameter(
+                "before",
+                {"type": "integer", "minimum": 0},
+                description="Messages older than this seq.",
+            ),
+            OpenApiParameter(
+                "after",
+                {"type": "integer", "minimum": 0},
+                description="Messages newer than this seq (not with before).",
+            ),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 200},
+                description="1-200, default 50.",
+            ),
         ],
         responses=PageOutputSerializer,
         summary="A page of a thread's messages, oldest first (keyset on seq)",
@@ -306,10 +328,7 @@ class FileDetailApi(APIView):
 
 class FileContentApi(APIView):
     @extend_schema(
-        responses={
-            (200, "application/octet-stream"): bytes,
-            302: None,
-        },
+        responses={(200, "*/*"): bytes, 302: None},
         summary="Download (with S3 storage: a redirect to a presigned URL valid for 5 minutes)",
     )
     def get(self, request: Request, file_id: str) -> HttpResponseBase:
@@ -349,7 +368,7 @@ class SearchApi(APIView):
         parameters=[
             OpenApiParameter(
                 "q",
-                str,
+                {"type": "string", "minLength": 1, "maxLength": selectors.MAX_SEARCH_QUERY_CHARS},
                 required=True,
                 description=f"Words to find (at most {selectors.MAX_SEARCH_QUERY_CHARS} "
                 "characters). Every word must match; punctuation only separates words.",

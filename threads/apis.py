@@ -14,7 +14,14 @@ from rest_framework.views import APIView
 
 from agents import services as agent_services
 from agents.selectors import balance_of, usage_of
-from chatproject.api import StrictCharField, StrictInputSerializer, query_int, request_user
+from chatproject.api import (
+    ClientIdField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictInputSerializer,
+    query_int,
+    request_user,
+)
 from messaging import services as actions
 from threads import selectors, services
 from threads.errors import Invalid
@@ -66,7 +73,7 @@ class MeApi(APIView):
 
 class ThreadListCreateApi(APIView):
     class InputSerializer(StrictInputSerializer):
-        id = StrictCharField(required=False, max_length=ID_MAX_LENGTH)
+        id = ClientIdField(required=False)
         title = StrictCharField(required=False, allow_blank=True, max_length=MAX_TITLE)
         userIds = serializers.ListField(
             child=StrictCharField(max_length=150),
@@ -82,7 +89,7 @@ class ThreadListCreateApi(APIView):
         sessionPrompt = StrictCharField(
             required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
         )
-        aiReply = serializers.BooleanField(
+        aiReply = StrictBooleanField(
             required=False, help_text="The AI answers every message unless a post says reply=false."
         )
 
@@ -92,9 +99,17 @@ class ThreadListCreateApi(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("topic", str, description="A topic id or slug."),
+            OpenApiParameter(
+                "topic",
+                {"type": "string", "pattern": "^[^\\u0000]*$"},
+                description="A topic id or slug.",
+            ),
             OpenApiParameter("cursor", str, description="nextCursor of the previous page."),
-            OpenApiParameter("limit", int, description="1-200, default 50."),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 200},
+                description="1-200, default 50.",
+            ),
         ],
         responses=ListOutputSerializer,
         operation_id="threads_list",
@@ -152,7 +167,7 @@ class ThreadDetailApi(APIView):
         sessionPrompt = StrictCharField(
             required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
         )
-        aiReply = serializers.BooleanField(
+        aiReply = StrictBooleanField(
             required=False, help_text="The AI answers every message unless a post says reply=false."
         )
 
@@ -269,7 +284,7 @@ class TopicOutput(serializers.Serializer):
 
 class TopicListCreateApi(APIView):
     class InputSerializer(StrictInputSerializer):
-        id = StrictCharField(required=False, max_length=ID_MAX_LENGTH)
+        id = ClientIdField(required=False)
         name = StrictCharField(max_length=100)
         slug = StrictCharField(required=False, allow_blank=True, max_length=64)
 

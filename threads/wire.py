@@ -77,10 +77,10 @@ class WireSerializer(serializers.Serializer):
 
     @cached_property
     def _plan(self) -> list[tuple[str, Callable[[Any], Any], Callable[[Any], Any]]]:
-        plan = []
+        plan: list[tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = []
         for field in self._readable_fields:
             getter = attrgetter(".".join(field.source_attrs)) if field.source_attrs else _same
-            plan.append((field.field_name, getter, _fast_representation(field)))
+            plan.append((str(field.field_name), getter, _fast_representation(field)))
         return plan
 
     def to_representation(self, instance: Any) -> dict[str, Any]:

@@ -124,7 +124,11 @@ class ChatSessionsApi(APIView):
     @extend_schema(
         parameters=[
             OpenApiParameter("cursor", str, description="nextCursor of the previous page."),
-            OpenApiParameter("limit", int, description="1-200, default 50."),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 200},
+                description="1-200, default 50.",
+            ),
         ],
         responses=ListOutputSerializer,
         operation_id="bff_sessions_list",
@@ -195,9 +199,17 @@ class ChatHistoryApi(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("sessionId", str, required=True),
-            OpenApiParameter("before", int, description="Messages older than this seq."),
-            OpenApiParameter("limit", int, description="1-200, default 50."),
+            OpenApiParameter("sessionId", {"type": "string", "minLength": 1}, required=True),
+            OpenApiParameter(
+                "before",
+                {"type": "integer", "minimum": 0},
+                description="Messages older than this seq.",
+            ),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 200},
+                description="1-200, default 50.",
+            ),
         ],
         responses=OutputSerializer,
         operation_id="bff_history",
