@@ -11,11 +11,14 @@ three minutes. Any accepted failure is listed in KNOWN_FAILURES with its reason;
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
+from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -43,9 +46,24 @@ SEMANTIC_REFUSALS = {
     "fileIds": "must name the caller's own uploaded files",
     "modelId": "must name a model that exists and the caller may use",
     "text": "a message needs non-blank text or at least one file: a rule across two fields",
+    "q": "must hold at least one word: punctuation and spaces only separate words",
+    "name": "a topic name must keep a letter or digit once trimmed and slugified",
+    "file": "must be a non-empty file part with a filename, which the schema's binary string "
+    "does not make the generator send",
     "cursor": "must be a nextCursor the server gave",
     "before": "?before= and ?after= together are refused: OpenAPI 3.0 cannot say 'not both'",
 }
+
+
+@pytest.fixture
+def same_connection() -> Iterator[None]:
+    """Keep the test's database connection across requests, as Django's test client does: the
+    handler would close it at the end of each request, and with it the test's transaction."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
 
 
 @pytest.fixture
@@ -100,7 +118,7 @@ def _fill_path(case: schemathesis.Case, ids: dict[str, str]) -> None:
     suppress_health_check=list(HealthCheck),
 )
 def test_every_operation_keeps_to_the_schema(
-    case: schemathesis.Case, seeded: dict[str, Any]
+    case: schemathesis.Case, seeded: dict[str, Any], same_connection: None
 ) -> None:
     reason = KNOWN_FAILURES.get((case.method.upper(), case.path))
     if reason:
