@@ -11,12 +11,11 @@ from rest_framework.views import APIView
 
 from agents.models import ThreadSummary
 from agents.selectors import access_artifact, artifact_list, models_for_user
-from agents.wire import artifact_json
+from agents.wire import ArtifactOutput
 from chatproject.api import request_user
 from messaging.storage import download_response
 from threads.permissions import Perm
 from threads.selectors import access_thread
-from threads.wire import iso
 
 
 class ModelOutput(serializers.Serializer):
@@ -35,10 +34,13 @@ class ModelOutput(serializers.Serializer):
 
 
 class ModelListApi(APIView):
-    @extend_schema(responses=ModelOutput(many=True), summary="The AI models you may use")
+    class ListOutputSerializer(serializers.Serializer):
+        models = ModelOutput(many=True)
+
+    @extend_schema(responses=ListOutputSerializer, summary="The AI models you may use")
     def get(self, request: Request) -> Response:
         models = models_for_user(user=request_user(request))
-        return Response({"models": ModelOutput(models, many=True).data})
+        return Response(self.ListOutputSerializer({"models": models}).data)
 
 
 class ThreadSummaryApi(APIView):
@@ -57,45 +59,34 @@ class ThreadSummaryApi(APIView):
         )
         summary = ThreadSummary.objects.filter(thread=thread).first()
         return Response(
-            {
-                "text": summary.text if summary else None,
-                "uptoSeq": summary.upto_seq if summary else None,
-                "updatedAt": iso(summary.updated_at) if summary else None,
-            }
+            self.OutputSerializer(
+                {
+                    "text": summary.text if summary else None,
+                    "uptoSeq": summary.upto_seq if summary else None,
+                    "updatedAt": summary.updated_at if summary else None,
+                }
+            ).data
         )
 
 
-class ArtifactOutput(serializers.Serializer):
-    id = serializers.CharField()
-    threadId = serializers.CharField()
-    messageId = serializers.CharField(allow_null=True)
-    runId = serializers.CharField(allow_null=True)
-    kind = serializers.ChoiceField(choices=["chart", "table", "summary", "file"])
-    title = serializers.CharField()
-    contentType = serializers.CharField()
-    size = serializers.IntegerField()
-    data = serializers.JSONField(  # type: ignore[assignment]
-        help_text="A chart's data rows, a table's Markdown, the agent."
-    )
-    contentUrl = serializers.CharField()
-    createdAt = serializers.DateTimeField()
-
-
 class ThreadArtifactsApi(APIView):
+    class ListOutputSerializer(serializers.Serializer):
+        artifacts = ArtifactOutput(many=True)
+
     @extend_schema(
-        responses=ArtifactOutput(many=True),
+        responses=ListOutputSerializer,
         summary="The charts, tables and summaries the AI made in a thread, oldest first",
     )
     def get(self, request: Request, thread_id: str) -> Response:
         artifacts = artifact_list(user=request_user(request), thread_id=thread_id)
-        return Response({"artifacts": [artifact_json(a) for a in artifacts[:500]]})
+        return Response(self.ListOutputSerializer({"artifacts": artifacts[:500]}).data)
 
 
 class ArtifactDetailApi(APIView):
     @extend_schema(responses=ArtifactOutput, summary="One artifact")
     def get(self, request: Request, artifact_id: str) -> Response:
         artifact = access_artifact(user=request_user(request), artifact_id=artifact_id)
-        return Response(artifact_json(artifact))
+        return Response(ArtifactOutput(artifact).data)
 
 
 # Shown in the browser (an <img>, a table view): images that cannot carry script. Everything
@@ -105,7 +96,7 @@ _INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 
 class ArtifactContentApi(APIView):
     @extend_schema(
-        responses={(200, "application/octet-stream"): bytes, 302: None},
+        responses={(200, "*/*"): bytes, 302: None},
         summary="An artifact's bytes (with S3 storage: a redirect to a presigned URL valid "
         "for 5 minutes)",
     )

@@ -8,13 +8,16 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from threads.authentication import token_from_header
 from threads.errors import ApplicationError, Invalid
+from threads.ids import CLIENT_ID_PATTERN, ID_MAX_LENGTH
 from threads.models import User
 
 _DRF_CODES: dict[type[exceptions.APIException], str] = {
@@ -113,6 +116,28 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A boolean that must arrive as JSON true or false: DRF's BooleanField also takes 0, 1,
+    "yes" and "off", which the schema's `type: boolean` does not allow."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+@extend_schema_field(
+    {"type": "string", "pattern": CLIENT_ID_PATTERN, "minLength": 1, "maxLength": ID_MAX_LENGTH}
+)
+class ClientIdField(StrictCharField):
+    """An id the client chooses for a create, so that a retry returns the first; the service
+    checks its form (threads.ids.is_valid_client_id), the schema states it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", ID_MAX_LENGTH)
+        super().__init__(**kwargs)
+
+
 def query_int(
     params: Any, name: str, *, default: int | None = None, minimum: int = 0
 ) -> int | None:
@@ -131,9 +156,83 @@ def query_int(
     return value
 
 
+class ErrorDetailOutput(serializers.Serializer):
+    code = serializers.CharField(help_text="A stable, machine-readable code: `not_found`, ...")
+    message = serializers.CharField(help_text="For people; may change.")
+    fields = serializers.DictField(  # type: ignore[assignment]
+        help_text="Per-field problems of a 400, keyed by the request's field names."
+    )
+
+
+class ErrorOutput(serializers.Serializer):
+    """The one error shape, as `error_body` writes it; documented on every operation."""
+
+    error = ErrorDetailOutput()
+
+
+# Why each error status can be answered; AutoSchema.error_statuses picks those that apply.
+ERROR_DESCRIPTIONS = {
+    400: "Invalid input: a body, query parameter or field that does not fit (see `fields`).",
+    401: "Not authenticated: no valid bearer token or session.",
+    403: "Permission denied: the caller lacks the chat-svc permission or role this needs, or "
+    "a session caller's unsafe request lacks its CSRF token.",
+    404: "Not found: missing, or not yours to see (both answer alike).",
+    409: "Conflict: a client-chosen id already in use, or a state that refuses the action.",
+    413: "The request body is too large.",
+    415: "Unsupported media type: the body is not in the content type this operation reads.",
+    429: "Too many requests: throttled.",
+}
+
+
 class AutoSchema(SpectacularAutoSchema):
-    """Name schema components after the view that nests them (`ThreadDetailApiInput`), so the
-    many nested `InputSerializer` classes stay distinct in the OpenAPI document."""
+    """Names schema components after the view that nests them (`ThreadDetailApiInput`), so the
+    many nested `InputSerializer` classes stay distinct in the OpenAPI document; and documents
+    the error answers of every operation with the one error shape, in one place rather than
+    in each view's decorator."""
 
     def get_serializer_name(self, serializer: serializers.Serializer, direction: Any) -> str:
         return serializer.__class__.__qualname__.replace(".", "")
+
+    def _map_basic_serializer(self, serializer: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = super()._map_basic_serializer(serializer, direction)
+        if direction == "request" and isinstance(serializer, StrictInputSerializer):
+            schema["additionalProperties"] = False  # unknown keys are refused, not ignored
+        return schema
+
+    def get_operation(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        operation: dict[str, Any] | None = super().get_operation(*args, **kwargs)
+        if operation is None:
+            return None
+        responses = operation.setdefault("responses", {})
+        for status_code in self.error_statuses(operation):
+            code = str(status_code)
+            if code not in responses:
+                responses[code] = {
+                    **self._get_response_for_code(ErrorOutput, code),
+                    "description": ERROR_DESCRIPTIONS[status_code],
+                }
+        return operation
+
+    def error_statuses(self, operation: dict[str, Any]) -> list[int]:
+        """The error statuses this operation can answer, read from what it declares: the
+        handler (api_exception_handler) maps every refusal to one of these."""
+        statuses: set[int] = set()
+        parameters = operation.get("parameters", [])
+        has_body = "requestBody" in operation
+        if has_body or any(p.get("in") == "query" for p in parameters):
+            statuses.add(400)  # the body or a query parameter fails validation
+        if any(not isinstance(p, AllowAny) for p in self.view.get_permissions()):
+            # Every authenticated operation also checks a chat-svc permission (or, for a
+            # session caller's write, CSRF).
+            statuses |= {401, 403}
+        if any(p.get("in") == "path" for p in parameters) or any(
+            p.get("in") == "query" and p["name"].endswith("Id") for p in parameters
+        ):
+            statuses.add(404)  # access_thread / access_message / access_file: one 404
+        if self.method == "POST":
+            statuses.add(409)  # a client-chosen id taken, or a state that refuses the action
+        if has_body:
+            statuses |= {413, 415}  # chatproject.limits.BodySizeLimit, DATA_UPLOAD_MAX_MEMORY_SIZE
+        if self.view.get_throttles():
+            statuses.add(429)
+        return sorted(statuses)

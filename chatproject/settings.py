@@ -443,6 +443,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # The PATCH routes validate their input as given (a message edit needs its text), so the
+    # schema must not turn every field optional for them.
+    "COMPONENT_SPLIT_PATCH": False,
     "CAMELIZE_NAMES": False,
 }
 

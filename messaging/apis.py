@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -17,42 +17,27 @@ from rest_framework.views import APIView
 
 from agents import conversation
 from agents.services import reply_regenerate, run_stop
-from chatproject.api import StrictInputSerializer, bearer_token, query_int, request_user
+from chatproject.api import (
+    ClientIdField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictInputSerializer,
+    bearer_token,
+    query_int,
+    request_user,
+)
 from messaging import selectors, services
 from messaging.events import EVENT_DOCS
-from messaging.models import File, Message
+from messaging.models import File
 from messaging.storage import download_response
 from messaging.uploads import upload_limit_install
-from messaging.wire import message_json
+from messaging.wire import MessageOutput
 from threads.errors import Invalid
 from threads.ids import ID_MAX_LENGTH
 from threads.permissions import Perm, require_perm
 from threads.selectors import access_thread
 
 MAX_META_KEYS = 50
-
-
-class MessageOutput(serializers.Serializer):
-    id = serializers.CharField()
-    threadId = serializers.CharField(source="thread_id")
-    seq = serializers.IntegerField()
-    userId = serializers.CharField(source="author_id", allow_null=True)
-    text = serializers.CharField()
-    fileIds = serializers.SerializerMethodField()
-    meta = serializers.JSONField()
-    status = serializers.CharField()
-    edited = serializers.BooleanField()
-    createdAt = serializers.DateTimeField(source="created_at")
-    updatedAt = serializers.DateTimeField(source="updated_at")
-
-    def get_fileIds(self, message: Message) -> list[str]:
-        return message.file_ids
-
-    def to_representation(self, message: Message | selectors.MessageRow) -> dict[str, Any]:
-        # messaging.wire writes the shape by hand: this runs for every message of every history
-        # page, and DRF's generic field walk cost more than the page's queries. The fields
-        # declared above document the same shape (a test checks the keys match).
-        return message_json(message)
 
 
 class FileOutput(serializers.Serializer):
@@ -79,6 +64,14 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "maxProperties": MAX_META_KEYS,
+        "additionalProperties": {},
+        "description": "Free-form; text in it may not contain NUL characters.",
+    }
+)
 class _MetaField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         if not isinstance(data, dict) or len(data) > MAX_META_KEYS:
@@ -89,21 +82,27 @@ class _MetaField(serializers.JSONField):
         return super().to_internal_value(data)
 
 
+class ReplyOutput(serializers.Serializer):
+    messageId = serializers.CharField(source="message_id", help_text="The AI's message.")
+    runId = serializers.CharField(source="pk")
+    modelId = serializers.CharField(source="model_id")
+
+
 class ThreadMessagesApi(APIView):
     class InputSerializer(StrictInputSerializer):
-        id = serializers.CharField(required=False, max_length=ID_MAX_LENGTH)
-        text = serializers.CharField(allow_blank=True, trim_whitespace=False)
+        id = ClientIdField(required=False)
+        text = StrictCharField(allow_blank=True, trim_whitespace=False)
         fileIds = serializers.ListField(
-            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            child=StrictCharField(max_length=ID_MAX_LENGTH),
             required=False,
             max_length=services.MAX_FILES_PER_MESSAGE,
         )
         meta = _MetaField(required=False)
-        reply = serializers.BooleanField(
+        reply = StrictBooleanField(
             required=False,
             help_text="Ask the AI to answer (default: the thread's aiReply setting).",
         )
-        modelId = serializers.CharField(
+        modelId = StrictCharField(
             required=False, max_length=100, help_text="A model id or name; default model if absent."
         )
 
@@ -116,9 +115,21 @@ class ThreadMessagesApi(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("before", int, description="Messages older than this seq."),
-            OpenApiParameter("after", int, description="Messages newer than this seq."),
-            OpenApiParameter("limit", int, description="1-200, default 50."),
+            OpenApiParameter(
+                "before",
+                {"type": "integer", "minimum": 0},
+                description="Messages older than this seq.",
+            ),
+            OpenApiParameter(
+                "after",
+                {"type": "integer", "minimum": 0},
+                description="Messages newer than this seq (not with before).",
+            ),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 200},
+                description="1-200, default 50.",
+            ),
         ],
         responses=PageOutputSerializer,
         summary="A page of a thread's messages, oldest first (keyset on seq)",
@@ -136,18 +147,25 @@ class ThreadMessagesApi(APIView):
         last = page.messages[-1].seq if page.messages else None
         after_cursor = last if last is not None else query_int(params, "after")
         return Response(
-            {
-                "messages": MessageOutput(page.messages, many=True).data,
-                "hasOlder": page.has_older,
-                "hasNewer": page.has_newer,
-                "before": first if page.has_older else None,
-                "after": after_cursor,
-            }
+            self.PageOutputSerializer(
+                {
+                    "messages": page.messages,
+                    "hasOlder": page.has_older,
+                    "hasNewer": page.has_newer,
+                    "before": first if page.has_older else None,
+                    "after": after_cursor,
+                }
+            ).data
+        )
+
+    class PostOutputSerializer(MessageOutput):
+        reply = ReplyOutput(
+            required=False, help_text="Present when the post asked for an AI reply."
         )
 
     @extend_schema(
         request=InputSerializer,
-        responses={201: MessageOutput, 200: MessageOutput},
+        responses={201: PostOutputSerializer, 200: PostOutputSerializer},
         summary="Post a message (a retried post with the same id returns the first)",
     )
     def post(self, request: Request, thread_id: str) -> Response:
@@ -170,13 +188,13 @@ class ThreadMessagesApi(APIView):
         message, created, run = posted.message, posted.created, posted.run
         body = MessageOutput(message).data
         if run is not None:
-            body["reply"] = {"messageId": run.message_id, "runId": run.pk, "modelId": run.model_id}
+            body["reply"] = ReplyOutput(run).data
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class MessageDetailApi(APIView):
     class InputSerializer(StrictInputSerializer):
-        text = serializers.CharField(allow_blank=False, trim_whitespace=False)
+        text = StrictCharField(allow_blank=False, trim_whitespace=False)
 
     @extend_schema(responses=MessageOutput, summary="Read a message")
     def get(self, request: Request, message_id: str) -> Response:
@@ -282,10 +300,7 @@ class FileDetailApi(APIView):
 
 class FileContentApi(APIView):
     @extend_schema(
-        responses={
-            (200, "application/octet-stream"): bytes,
-            302: None,
-        },
+        responses={(200, "*/*"): bytes, 302: None},
         summary="Download (with S3 storage: a redirect to a presigned URL valid for 5 minutes)",
     )
     def get(self, request: Request, file_id: str) -> HttpResponseBase:
@@ -325,7 +340,7 @@ class SearchApi(APIView):
         parameters=[
             OpenApiParameter(
                 "q",
-                str,
+                {"type": "string", "minLength": 1, "maxLength": selectors.MAX_SEARCH_QUERY_CHARS},
                 required=True,
                 description=f"Words to find (at most {selectors.MAX_SEARCH_QUERY_CHARS} "
                 "characters). Every word must match; punctuation only separates words.",
@@ -371,16 +386,20 @@ class SearchApi(APIView):
         return Response(self.OutputSerializer({"messages": messages, "threads": threads}).data)
 
 
+class EventTypeOutput(serializers.Serializer):
+    type = serializers.CharField()
+    description = serializers.CharField()
+    data = serializers.CharField(help_text="What the event's `data` holds.")  # type: ignore[assignment]
+
+
 class EventTypesApi(APIView):
     """The events the WebSocket (/ws/v1/events/) and SSE (/api/v1/events/) doors deliver."""
 
-    class OutputSerializer(serializers.Serializer):
-        type = serializers.CharField()
-        description = serializers.CharField()
-        data = serializers.CharField(help_text="What the event's `data` holds.")  # type: ignore[assignment]
+    class ListOutputSerializer(serializers.Serializer):
+        types = EventTypeOutput(many=True)
 
     @extend_schema(
-        responses=OutputSerializer(many=True),
+        responses=ListOutputSerializer,
         summary="Event types",
         description=(
             "Every event is `{type, threadId, seq, data}`; `seq` rises by one per thread with "
@@ -394,4 +413,4 @@ class EventTypesApi(APIView):
             {"type": str(kind), "description": description, "data": data}
             for kind, (description, data) in EVENT_DOCS.items()
         ]
-        return Response({"types": types})
+        return Response(self.ListOutputSerializer({"types": types}).data)

@@ -14,49 +14,25 @@ from rest_framework.views import APIView
 
 from agents import conversation
 from agents.selectors import balance_of, usage_of
-from chatproject.api import StrictInputSerializer, query_int, request_user
+from chatproject.api import (
+    ClientIdField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictInputSerializer,
+    query_int,
+    request_user,
+)
 from messaging import services as actions
 from threads import selectors, services
 from threads.errors import Invalid
 from threads.ids import ID_MAX_LENGTH
-from threads.models import Thread, ThreadMembership, User
+from threads.models import User
 from threads.permissions import Perm, require_perm, user_chat_permissions
-from threads.wire import member_json, thread_json
+from threads.wire import MemberOutput, ThreadOutput
 
 MAX_TITLE = 200
 MAX_SESSION_PROMPT = 20_000
 MAX_LIST = 100
-
-
-class MemberOutput(serializers.Serializer):
-    userId = serializers.CharField(source="user_id")
-    username = serializers.CharField(source="user.username")
-    role = serializers.CharField()
-    joinedAt = serializers.DateTimeField(source="joined_at")
-
-    def to_representation(self, membership: ThreadMembership) -> dict[str, Any]:
-        return member_json(membership)
-
-
-class ThreadOutput(serializers.Serializer):
-    id = serializers.CharField()
-    title = serializers.CharField()
-    creatorId = serializers.CharField(source="creator_id", allow_null=True)
-    members = MemberOutput(source="memberships", many=True)
-    topicIds = serializers.SerializerMethodField()
-    sessionPrompt = serializers.CharField(source="session_prompt")
-    aiReply = serializers.BooleanField(source="ai_reply")
-    lastMessageSeq = serializers.IntegerField(source="last_message_seq")
-    lastEventSeq = serializers.IntegerField(source="last_event_seq")
-    createdAt = serializers.DateTimeField(source="created_at")
-    updatedAt = serializers.DateTimeField(source="updated_at")
-    lastActivityAt = serializers.DateTimeField(source="last_activity_at")
-
-    def get_topicIds(self, thread: Thread) -> list[str]:
-        return sorted(topic.pk for topic in thread.topics.all())
-
-    def to_representation(self, thread: Thread) -> dict[str, Any]:
-        return thread_json(thread)
 
 
 def _money(value: Decimal | None) -> str | None:
@@ -97,23 +73,23 @@ class MeApi(APIView):
 
 class ThreadListCreateApi(APIView):
     class InputSerializer(StrictInputSerializer):
-        id = serializers.CharField(required=False, max_length=ID_MAX_LENGTH)
-        title = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TITLE)
+        id = ClientIdField(required=False)
+        title = StrictCharField(required=False, allow_blank=True, max_length=MAX_TITLE)
         userIds = serializers.ListField(
-            child=serializers.CharField(max_length=150),
+            child=StrictCharField(max_length=150),
             required=False,
             max_length=MAX_LIST,
             help_text="Members to add besides the caller: user ids or usernames.",
         )
         topicIds = serializers.ListField(
-            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            child=StrictCharField(max_length=ID_MAX_LENGTH),
             required=False,
             max_length=MAX_LIST,
         )
-        sessionPrompt = serializers.CharField(
+        sessionPrompt = StrictCharField(
             required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
         )
-        aiReply = serializers.BooleanField(
+        aiReply = StrictBooleanField(
             required=False, help_text="The AI answers every message unless a post says reply=false."
         )
 
@@ -123,9 +99,17 @@ class ThreadListCreateApi(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("topic", str, description="A topic id or slug."),
+            OpenApiParameter(
+                "topic",
+                {"type": "string", "pattern": "^[^\\u0000]*$"},
+                description="A topic id or slug.",
+            ),
             OpenApiParameter("cursor", str, description="nextCursor of the previous page."),
-            OpenApiParameter("limit", int, description="1-200, default 50."),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 200},
+                description="1-200, default 50.",
+            ),
         ],
         responses=ListOutputSerializer,
         operation_id="threads_list",
@@ -140,7 +124,9 @@ class ThreadListCreateApi(APIView):
             limit=limit,
         )
         return Response(
-            {"threads": ThreadOutput(page.threads, many=True).data, "nextCursor": page.next_cursor}
+            self.ListOutputSerializer(
+                {"threads": page.threads, "nextCursor": page.next_cursor}
+            ).data
         )
 
     @extend_schema(
@@ -169,16 +155,16 @@ class ThreadListCreateApi(APIView):
 
 class ThreadDetailApi(APIView):
     class InputSerializer(StrictInputSerializer):
-        title = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TITLE)
+        title = StrictCharField(required=False, allow_blank=True, max_length=MAX_TITLE)
         topicIds = serializers.ListField(
-            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            child=StrictCharField(max_length=ID_MAX_LENGTH),
             required=False,
             max_length=MAX_LIST,
         )
-        sessionPrompt = serializers.CharField(
+        sessionPrompt = StrictCharField(
             required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
         )
-        aiReply = serializers.BooleanField(
+        aiReply = StrictBooleanField(
             required=False, help_text="The AI answers every message unless a post says reply=false."
         )
 
@@ -218,9 +204,13 @@ class ThreadReadApi(APIView):
             required=False, min_value=0, help_text="The newest message seq seen; default: all."
         )
 
+    class OutputSerializer(serializers.Serializer):
+        threadId = serializers.CharField()
+        lastReadSeq = serializers.IntegerField()
+
     @extend_schema(
         request=InputSerializer,
-        responses={200: dict},
+        responses=OutputSerializer,
         summary="Mark a thread read up to a message seq (drives unread markers)",
     )
     def post(self, request: Request, thread_id: str) -> Response:
@@ -231,24 +221,27 @@ class ThreadReadApi(APIView):
         mark = services.membership_mark_read(
             thread=thread, user=user, seq=serializer.validated_data.get("seq")
         )
-        return Response({"threadId": thread.pk, "lastReadSeq": mark})
+        return Response(self.OutputSerializer({"threadId": thread.pk, "lastReadSeq": mark}).data)
 
 
 class ThreadMembersApi(APIView):
     class InputSerializer(StrictInputSerializer):
         userIds = serializers.ListField(
-            child=serializers.CharField(max_length=150),
+            child=StrictCharField(max_length=150),
             min_length=1,
             max_length=MAX_LIST,
             help_text="User ids or usernames.",
         )
 
-    @extend_schema(responses=MemberOutput(many=True), summary="A thread's members")
+    class ListOutputSerializer(serializers.Serializer):
+        members = MemberOutput(many=True)
+
+    @extend_schema(responses=ListOutputSerializer, summary="A thread's members")
     def get(self, request: Request, thread_id: str) -> Response:
         thread = selectors.access_thread(
             user=request_user(request), thread_id=thread_id, perm=Perm.THREAD_VIEW, prefetch=True
         )
-        return Response({"members": MemberOutput(thread.memberships.all(), many=True).data})
+        return Response(self.ListOutputSerializer({"members": thread.memberships.all()}).data)
 
     @extend_schema(request=InputSerializer, responses=ThreadOutput, summary="Add members (owner)")
     def post(self, request: Request, thread_id: str) -> Response:
@@ -284,21 +277,23 @@ class TopicOutput(serializers.Serializer):
 
 class TopicListCreateApi(APIView):
     class InputSerializer(StrictInputSerializer):
-        id = serializers.CharField(required=False, max_length=ID_MAX_LENGTH)
-        name = serializers.CharField(max_length=100)
-        slug = serializers.CharField(required=False, allow_blank=True, max_length=64)
+        id = ClientIdField(required=False)
+        name = StrictCharField(max_length=100)
+        slug = StrictCharField(required=False, allow_blank=True, max_length=64)
 
-    @extend_schema(responses=TopicOutput(many=True), summary="All topics")
+    class ListOutputSerializer(serializers.Serializer):
+        topics = TopicOutput(many=True)
+
+    @extend_schema(responses=ListOutputSerializer, summary="All topics")
     def get(self, request: Request) -> Response:
-        return Response(
-            {
-                "topics": TopicOutput(
-                    selectors.topic_list(user=request_user(request)), many=True
-                ).data
-            }
-        )
+        topics = selectors.topic_list(user=request_user(request))
+        return Response(self.ListOutputSerializer({"topics": topics}).data)
 
-    @extend_schema(request=InputSerializer, responses={201: TopicOutput}, summary="Create a topic")
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: TopicOutput, 200: TopicOutput},
+        summary="Create a topic (a retried create with the same id returns the first)",
+    )
     def post(self, request: Request) -> Response:
         require_perm(request_user(request), Perm.THREAD_EDIT)
         serializer = self.InputSerializer(data=request.data)

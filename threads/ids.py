@@ -12,7 +12,8 @@ ID_MAX_LENGTH = 64
 
 # A client may choose its own id (idempotent retries); it must be printable and short so it is
 # safe in URLs, logs and channel-group names.
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CLIENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
 
 
 def new_id(prefix: str) -> str:

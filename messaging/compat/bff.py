@@ -30,7 +30,7 @@ from channels.db import database_sync_to_async
 from django.http import HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -47,12 +47,13 @@ from chatproject.api import (
     request_user,
 )
 from messaging.compat.common import ReplyListener
+from messaging.models import Message
 from messaging.selectors import MessageRow
 from messaging.sse import authenticate, csrf_failure, error_response, sse_json, sse_response
 from threads import selectors as thread_selectors
 from threads.errors import ApplicationError, Invalid
 from threads.models import Thread, User
-from threads.wire import iso
+from threads.wire import WireSerializer
 
 MAX_TITLE = 200
 MAX_SESSION_PROMPT = 20_000
@@ -79,37 +80,31 @@ def reply_artifacts(*, message_id: str) -> list[dict[str, Any]]:
 # --- sessions and history ------------------------------------------------------------------
 
 
-def session_json(thread: Thread) -> dict[str, Any]:
-    return {
-        "id": thread.pk,
-        "title": thread.title,
-        "sessionPrompt": thread.session_prompt,
-        "createdAt": iso(thread.created_at),
-        "updatedAt": iso(thread.updated_at),
-        "lastActivityAt": iso(thread.last_activity_at),
-    }
+# Each shape is declared once, as a serializer that both answers and documents the route.
 
 
-def history_json(row: MessageRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "role": "assistant" if row.author_id is None else "user",
-        "content": row.text,
-        "userId": row.author_id,
-        "status": row.status,
-        "fileIds": row.file_ids,
-        "seq": row.seq,
-        "createdAt": iso(row.created_at),
-    }
-
-
-class SessionOutput(serializers.Serializer):
+class SessionOutput(WireSerializer):
     id = serializers.CharField()
-    title = serializers.CharField()
-    sessionPrompt = serializers.CharField()
-    createdAt = serializers.DateTimeField()
-    updatedAt = serializers.DateTimeField()
-    lastActivityAt = serializers.DateTimeField()
+    title = serializers.CharField(allow_blank=True)
+    sessionPrompt = serializers.CharField(source="session_prompt", allow_blank=True)
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+    lastActivityAt = serializers.DateTimeField(source="last_activity_at")
+
+
+class HistoryMessageOutput(WireSerializer):
+    id = serializers.CharField()
+    role = serializers.SerializerMethodField()
+    content = serializers.CharField(source="text", allow_blank=True)
+    userId = serializers.CharField(source="author_id", allow_null=True)
+    status = serializers.ChoiceField(choices=Message.Status.choices)
+    fileIds = serializers.ListField(source="file_ids", child=serializers.CharField())
+    seq = serializers.IntegerField()
+    createdAt = serializers.DateTimeField(source="created_at")
+
+    @extend_schema_field(serializers.ChoiceField(choices=["user", "assistant"]))
+    def get_role(self, row: MessageRow) -> str:
+        return "assistant" if row.author_id is None else "user"
 
 
 class ChatSessionsApi(APIView):
@@ -126,7 +121,11 @@ class ChatSessionsApi(APIView):
     @extend_schema(
         parameters=[
             OpenApiParameter("cursor", str, description="nextCursor of the previous page."),
-            OpenApiParameter("limit", int, description="1-200, default 50."),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 200},
+                description="1-200, default 50.",
+            ),
         ],
         responses=ListOutputSerializer,
         operation_id="bff_sessions_list",
@@ -140,15 +139,17 @@ class ChatSessionsApi(APIView):
             limit=limit,
         )
         return Response(
-            {
-                "sessions": [session_json(thread) for thread in page.threads],
-                "nextCursor": page.next_cursor,
-            }
+            self.ListOutputSerializer(
+                {"sessions": page.threads, "nextCursor": page.next_cursor}
+            ).data
         )
+
+    class CreateOutputSerializer(serializers.Serializer):
+        session = SessionOutput()
 
     @extend_schema(
         request=InputSerializer,
-        responses={201: SessionOutput},
+        responses={201: CreateOutputSerializer},
         operation_id="bff_sessions_create",
         summary="BFF: start a chat session (a thread the caller owns)",
     )
@@ -161,7 +162,9 @@ class ChatSessionsApi(APIView):
             title=data.get("title", ""),
             session_prompt=data.get("sessionPrompt", ""),
         )
-        return Response({"session": session_json(thread)}, status=status.HTTP_201_CREATED)
+        return Response(
+            self.CreateOutputSerializer({"session": thread}).data, status=status.HTTP_201_CREATED
+        )
 
 
 class ChatSessionDetailApi(APIView):
@@ -175,17 +178,6 @@ class ChatSessionDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class HistoryMessageOutput(serializers.Serializer):
-    id = serializers.CharField()
-    role = serializers.ChoiceField(choices=["user", "assistant"])
-    content = serializers.CharField()
-    userId = serializers.CharField(allow_null=True)
-    status = serializers.CharField()
-    fileIds = serializers.ListField(child=serializers.CharField())
-    seq = serializers.IntegerField()
-    createdAt = serializers.DateTimeField()
-
-
 class ChatHistoryApi(APIView):
     class OutputSerializer(serializers.Serializer):
         sessionId = serializers.CharField()
@@ -197,9 +189,17 @@ class ChatHistoryApi(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("sessionId", str, required=True),
-            OpenApiParameter("before", int, description="Messages older than this seq."),
-            OpenApiParameter("limit", int, description="1-200, default 50."),
+            OpenApiParameter("sessionId", {"type": "string", "minLength": 1}, required=True),
+            OpenApiParameter(
+                "before",
+                {"type": "integer", "minimum": 0},
+                description="Messages older than this seq.",
+            ),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 200},
+                description="1-200, default 50.",
+            ),
         ],
         responses=OutputSerializer,
         operation_id="bff_history",
@@ -217,12 +217,14 @@ class ChatHistoryApi(APIView):
         )
         first = page.messages[0].seq if page.messages else None
         return Response(
-            {
-                "sessionId": thread.pk,
-                "messages": [history_json(row) for row in page.messages],
-                "hasOlder": page.has_older,
-                "before": first if page.has_older else None,
-            }
+            self.OutputSerializer(
+                {
+                    "sessionId": thread.pk,
+                    "messages": page.messages,
+                    "hasOlder": page.has_older,
+                    "before": first if page.has_older else None,
+                }
+            ).data
         )
 
 

@@ -37,7 +37,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents import conversation
-from chatproject.api import api_exception_handler, request_user
+from chatproject.api import StrictCharField, api_exception_handler, request_user
 from messaging import selectors, services
 from messaging.apis import _MetaField
 from messaging.events import EventType
@@ -146,13 +146,13 @@ class SaveThreadApi(ChatSvcApi):
     as Chat Svc's JSON decoding ignored them."""
 
     class InputSerializer(serializers.Serializer):
-        id = serializers.CharField(required=False, allow_blank=True, max_length=ID_MAX_LENGTH)
-        title = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TITLE)
+        id = StrictCharField(required=False, allow_blank=True, max_length=ID_MAX_LENGTH)
+        title = StrictCharField(required=False, allow_blank=True, max_length=MAX_TITLE)
         userIds = serializers.ListField(
-            child=serializers.CharField(max_length=150), required=False, max_length=MAX_LIST
+            child=StrictCharField(max_length=150), required=False, max_length=MAX_LIST
         )
         topicIds = serializers.ListField(
-            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            child=StrictCharField(max_length=ID_MAX_LENGTH),
             required=False,
             max_length=MAX_LIST,
         )
@@ -200,7 +200,7 @@ class SaveThreadApi(ChatSvcApi):
 class ListThreadsApi(ChatSvcApi):
     class InputSerializer(serializers.Serializer):
         ids = serializers.ListField(
-            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            child=StrictCharField(max_length=ID_MAX_LENGTH),
             required=False,
             max_length=MAX_PAGE_SIZE,
         )
@@ -228,16 +228,16 @@ class SaveMessageApi(ChatSvcApi):
     aiReply is on answers, as it does natively."""
 
     class InputSerializer(serializers.Serializer):
-        id = serializers.CharField(required=False, allow_blank=True, max_length=ID_MAX_LENGTH)
-        text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+        id = StrictCharField(required=False, allow_blank=True, max_length=ID_MAX_LENGTH)
+        text = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
         fileIds = serializers.ListField(
-            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            child=StrictCharField(max_length=ID_MAX_LENGTH),
             required=False,
             max_length=services.MAX_FILES_PER_MESSAGE,
         )
         meta = _MetaField(required=False)
         # Chat Svc let a client name the author; here it may only name itself.
-        userId = serializers.CharField(required=False, allow_blank=True, max_length=ID_MAX_LENGTH)
+        userId = StrictCharField(required=False, allow_blank=True, max_length=ID_MAX_LENGTH)
 
     def post(self, request: Request, thread_id: str) -> Response:
         user = request_user(request)
@@ -286,9 +286,9 @@ class ListMessagesApi(ChatSvcApi):
     caller's threads."""
 
     class InputSerializer(serializers.Serializer):
-        threadId = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        threadId = StrictCharField(required=False, allow_blank=True, max_length=200)
         ids = serializers.ListField(
-            child=serializers.CharField(max_length=ID_MAX_LENGTH),
+            child=StrictCharField(max_length=ID_MAX_LENGTH),
             required=False,
             max_length=MAX_PAGE_SIZE,
         )

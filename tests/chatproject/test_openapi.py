@@ -110,3 +110,37 @@ def test_schema_generates_without_warnings(tmp_path: Path) -> None:
         operation["operationId"] for item in schema["paths"].values() for operation in item.values()
     ]
     assert not [name for name in operation_ids if name.endswith("_2")]
+
+
+def test_every_operation_documents_its_errors_with_the_one_error_shape(cast: Cast) -> None:
+    schema = cast.client(cast.alice).get(f"{API}/schema/?format=json").json()
+    error = schema["components"]["schemas"]["ErrorOutput"]
+    assert set(error["properties"]) == {"error"}
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            assert {"401", "403"} <= set(responses), (method, path)
+            if "{" in path:
+                assert "404" in responses, (method, path)
+            if "requestBody" in operation:
+                assert {"400", "413"} <= set(responses), (method, path)
+            for code, response in responses.items():
+                if code.startswith("4"):
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref == "#/components/schemas/ErrorOutput", (method, path, code)
+
+
+def test_list_endpoints_are_documented_as_the_objects_they_send(cast: Cast) -> None:
+    schema = cast.client(cast.alice).get(f"{API}/schema/?format=json").json()
+    for path, key in {
+        "/api/v1/models/": "models",
+        "/api/v1/topics/": "topics",
+        "/api/v1/threads/{thread_id}/members/": "members",
+        "/api/v1/threads/{thread_id}/artifacts/": "artifacts",
+        "/api/v1/events/types/": "types",
+    }.items():
+        ok = schema["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+        name = ok["schema"]["$ref"].rsplit("/", 1)[1]
+        component = schema["components"]["schemas"][name]
+        assert component["type"] == "object", path
+        assert component["properties"][key]["type"] == "array", path
