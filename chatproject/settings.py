@@ -319,7 +319,9 @@ STORAGES = {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
             if DEBUG or TESTING
-            else "whitenoise.storage.CompressedStaticFilesStorage"
+            # Hashed names and hashed imports between the UI's ES modules, so that browsers may
+            # cache every file for good: chatproject/staticfiles.py.
+            else "chatproject.staticfiles.StaticStorage"
         )
     },
 }

@@ -96,5 +96,5 @@ def test_static_assets_are_vendored_not_fetched_from_a_cdn() -> None:
     for page in pages:
         text = page.read_text()
         assert "http://" not in text and "https://" not in text, page
-    for asset in ("app.js", "app.css", "vendor/marked.min.js", "vendor/purify.min.js"):
+    for asset in ("app/main.js", "app.css", "vendor/marked.min.js", "vendor/purify.min.js"):
         assert (root / "static" / "threadline" / asset).is_file(), asset
