@@ -87,7 +87,7 @@ def main() -> None:
             "## Web UI page weight (`bench/page_weight.py`)",
             "What a browser downloads to open the chat: the page's HTML and every script and "
             "stylesheet it links, raw and gzip-compressed (level 9), in KiB. The UI's JavaScript "
-            "is its own `app.js` plus the vendored marked (Markdown) and DOMPurify (sanitiser); "
+            "is its own ES modules (`app/*.js`) plus the vendored marked (Markdown) and DOMPurify (sanitiser); "
             "there are no fonts, images or web requests to other hosts. Baselines in the same "
             "run: two pages Threadline already serves. Chart images and API responses are not "
             "counted.\n" + machine_line(),
