@@ -85,9 +85,7 @@ def login_locked(request: HttpRequest, *args: Any) -> HttpResponseBase:
     if _wants_json(request):
         response = JsonResponse(error_body("login_locked", message), status=429)
     else:
-        response = render(
-            request, "web/login_locked.html", {"message": message}, status=429
-        )
+        response = render(request, "web/login_locked.html", {"message": message}, status=429)
     response["Retry-After"] = str(wait)
     return response
 

@@ -36,9 +36,14 @@ def no_backoff(settings: Any) -> None:
 
 
 def attempt(
-    client: Client, path: str, username: str, password: str = "wrong", **extra: Any
+    client: Client, path: str, username: str, password: str | None = None, **extra: Any
 ) -> Any:
-    data = {"username": username, "password": password, "next": "/admin/" if path == ADMIN else "/"}
+    """One login through `path`; a wrong password unless `password` is given."""
+    data = {
+        "username": username,
+        "password": password or "wrong",
+        "next": "/admin/" if path == ADMIN else "/",
+    }
     return client.post(path, data, **extra)
 
 
@@ -258,9 +263,7 @@ def test_behind_a_trusted_proxy_the_forwarded_address_is_the_client(
         (1, "2001:DB8::1", "2001:db8::1"),
     ],
 )
-def test_client_ip(
-    settings: Any, trusted: int, forwarded: str, expected: str
-) -> None:
+def test_client_ip(settings: Any, trusted: int, forwarded: str, expected: str) -> None:
     settings.TRUSTED_PROXY_COUNT = trusted
     request = RequestFactory().get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded)
     assert client_ip(request) == expected
