@@ -8,6 +8,7 @@ A bad value stops start-up with ImproperlyConfigured naming the variable.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,14 @@ if not SECRET_KEY:
         raise ImproperlyConfigured(f"SECRET_KEY is unset and {_key_file} is not writable") from exc
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
+# Browsers posting forms from another origin (or through an HTTPS proxy whose public origin the
+# app cannot see): full origins, e.g. https://chat.example.com.
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if "://" not in _origin:
+        raise ImproperlyConfigured(
+            f"CSRF_TRUSTED_ORIGINS entries need a scheme (https://host), got {_origin!r}"
+        )
 
 INSTALLED_APPS = [
     "daphne",
@@ -149,6 +157,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "axes",
     "threads",
     "messaging",
     "agents",
@@ -163,6 +172,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a login refused for too many failures into the 429
+    # page (chatproject.web.login_locked) after the login view has run.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "chatproject.urls"
@@ -395,7 +407,11 @@ CACHES: dict[str, Any] = {
 
 # --- Auth, sessions, security ----------------------------------------------------------------
 
-AUTHENTICATION_BACKENDS = ["threads.backends.OneQueryModelBackend"]
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out username or address before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "threads.backends.OneQueryModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -403,10 +419,65 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# HTTPS. The embedded default serves plain http://127.0.0.1, so every switch is off until the
+# operator says the site is reached over HTTPS. BEHIND_HTTPS_PROXY=1 (TLS ends at nginx or a
+# load balancer that sets X-Forwarded-Proto and strips any client copy of it) makes Django see
+# those requests as secure, and turns on secure cookies and the redirect to HTTPS by default.
+# HSTS stays opt-in: browsers remember it for SECURE_HSTS_SECONDS even after it is turned off.
+BEHIND_HTTPS_PROXY = env_bool("BEHIND_HTTPS_PROXY", False)
+if BEHIND_HTTPS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", BEHIND_HTTPS_PROXY)
+# Load balancers probe /healthz over plain HTTP inside the network; a redirect would fail them.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", BEHIND_HTTPS_PROXY)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", SESSION_COOKIE_SECURE)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+
+# The client's address. Behind N reverse proxies that each append to X-Forwarded-For, the
+# address the outermost trusted proxy saw is the N-th entry from the right; anything further
+# left was written by the client and is ignored. 0 (the default): REMOTE_ADDR only, and the
+# header is never read, since anyone can send it. chatproject.client_ip applies this for the
+# login lockout; DRF's throttles read the same count (NUM_PROXIES below).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10)
+
+# Login protection (django-axes), for every login that goes through django.contrib.auth's
+# authenticate(): the web UI's /login/ and the admin's. Failures count per username and, apart,
+# per client address (an unknown username counts like a known one, so the answers never tell
+# them apart). From LOGIN_BACKOFF_AFTER failures on, the next attempt must wait
+# LOGIN_BACKOFF_SECONDS, doubling with each further failure; at LOGIN_FAILURE_LIMIT failures
+# the username or address is locked out for LOGIN_COOLOFF_MINUTES after its last failure, or
+# until an operator deletes its record in the admin ("Access attempts") or runs
+# `manage.py axes_reset_username <name>` / `axes_reset_ip <address>`.
+# The counters live in the database (axes' database handler), not in the cache: they are then
+# shared by every process on PostgreSQL (as on the one-process SQLite profile), survive a Redis
+# flush, and the admin can list and clear them; the cache handler keeps no records to show.
+# Login attempts are rare enough that the one row written per failure costs nothing.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_COOLOFF_MINUTES = env_int("LOGIN_COOLOFF_MINUTES", 15, minimum=1)
+LOGIN_BACKOFF_AFTER = env_int("LOGIN_BACKOFF_AFTER", 3, minimum=1)
+LOGIN_BACKOFF_SECONDS = env_int("LOGIN_BACKOFF_SECONDS", 2, minimum=0)  # 0: no backoff
+AXES_ENABLED = env_bool("LOGIN_PROTECTION", True)
+AXES_HANDLER = "chatproject.login_guard.BackoffDatabaseHandler"
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_CLIENT_IP_CALLABLE = "chatproject.client_ip.client_ip"
+AXES_LOCKOUT_CALLABLE = "chatproject.web.login_locked"
+# A refused attempt (already locked, or inside its backoff) checked no password, so it does not
+# count again: hammering a locked login does not stretch the lockout without end.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A successful login does not clear the counters: axes would clear the whole address's
+# failures too, so an attacker with one account could reset them between guesses.
+AXES_RESET_ON_SUCCESS = False
+# Only failures are kept; a row per successful login would be a second, unbounded login log.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -430,6 +501,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "chatproject.api.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "NON_FIELD_ERRORS_KEY": "nonFieldErrors",
+    # Throttles key on the client address: the same trust in X-Forwarded-For as the login
+    # lockout (DRF's default, None, would believe whatever the client sends).
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
 }
 
 SPECTACULAR_SETTINGS = {

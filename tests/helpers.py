@@ -158,12 +158,25 @@ def set_chat_perms(user: User, codenames: Iterable[str]) -> None:
 # --- settings ----------------------------------------------------------------------------------
 
 SETTINGS_FILE = Path(__file__).resolve().parents[1] / "chatproject" / "settings.py"
-_SETTINGS_ENV_PREFIXES = ("AWS_", "GATEWAY_", "USE_S3", "MEDIA_ROOT")
+_SETTINGS_ENV_PREFIXES = (
+    "AWS_",
+    "GATEWAY_",
+    "USE_S3",
+    "MEDIA_ROOT",
+    # The HTTPS profile and the login protection (tests/chatproject/test_security_profile.py).
+    "BEHIND_HTTPS_PROXY",
+    "SECURE_",
+    "SESSION_COOKIE_SECURE",
+    "CSRF_",
+    "TRUSTED_PROXY_COUNT",
+    "LOGIN_",
+)
 
 
 def load_settings(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> dict[str, Any]:
-    """Run chatproject/settings.py afresh in its own namespace with `env` set (and the storage
-    and gateway variables of this process cleared); the running settings are untouched."""
+    """Run chatproject/settings.py afresh in its own namespace with `env` set (and the storage,
+    gateway, HTTPS and login variables of this process cleared); the running settings are
+    untouched."""
     for name in list(os.environ):
         if name.startswith(_SETTINGS_ENV_PREFIXES):
             monkeypatch.delenv(name)
