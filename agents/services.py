@@ -12,11 +12,10 @@ charges twice; a run whose worker vanished is re-run once or failed by `runs_rea
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -31,13 +30,11 @@ from django.utils import timezone
 
 from agents import context, housekeeping
 from agents.llm import (
-    ChatMessages,
     Completion,
     LLMError,
     Usage,
     get_provider,
     open_stream,
-    provider_is_remote,
 )
 from agents.models import Account, AgentMode, AgentRun, AIModel, Artifact, CrewSlot, LedgerEntry
 from messaging import events
@@ -217,12 +214,6 @@ def reply_request(
         account.save(update_fields=["balance", "updated_at"])
         account_id = account.pk
     run_id = new_run_id()
-    # Refusals are all behind us: the worker may start asking the model while this commits.
-    published_early = (
-        mode == AgentMode.CORE
-        and request_message is not None
-        and _publish_before_commit(run_id, thread=thread, model=model, question=request_message)
-    )
     message, _ = messaging_services.message_post(
         thread=thread,
         author=None,
@@ -257,67 +248,8 @@ def reply_request(
         token_key = _gateway_token_key(run_id)
         timeout = settings.RUN_TIME_LIMIT_SECONDS * 2 + 600
         transaction.on_commit(lambda: cache.set(token_key, gateway_token, timeout=timeout))
-    if not published_early:
-        transaction.on_commit(lambda: _enqueue(run_id, crew=mode == AgentMode.CREW))
+    transaction.on_commit(lambda: _enqueue(run_id, crew=mode == AgentMode.CREW))
     return run
-
-
-def _commit_lock_key(run_id: str) -> int:
-    """The PostgreSQL advisory lock a reply's post holds until it commits (64 bits of the run
-    id; a collision only makes one worker wait for another post's commit)."""
-    digest = hashlib.blake2b(run_id.encode(), digest_size=8, person=b"tl-run-commit").digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def _publish_before_commit(
-    run_id: str, *, thread: Thread, model: AIModel, question: Message
-) -> bool:
-    """Queue the run before the post commits, with what its prompt needs that the worker
-    cannot read yet (the question), so the worker asks the model while the post is still
-    writing and committing: that overlap is most of the time to the first token that is ours.
-    The post holds an advisory lock until it ends, and the worker claims nothing before it
-    can take that lock; a post that rolls back leaves no run, and the worker drops its call.
-
-    Only where it can work and pays off: PostgreSQL (the lock), a real broker (an eager task
-    would run here, before the run exists), a model served elsewhere (the bundled one is asked
-    after the claim anyway) and a question without attachments (their text is read from rows
-    this transaction has not committed). Returns whether it published; if not, the caller
-    queues the run on commit as usual."""
-    from agents.tasks import run_agent
-
-    if (
-        connection.vendor != "postgresql"
-        or not connection.in_atomic_block
-        or run_agent.app.conf.task_always_eager
-        or not provider_is_remote(model)
-        or getattr(question, "_file_ids", None)
-    ):
-        return False
-    early = {
-        "threadId": thread.pk,
-        "sessionPrompt": thread.session_prompt,
-        "modelId": model.pk,
-        "provider": model.provider,
-        "providerModel": model.provider_model,
-        "contextWindow": model.context_window,
-        "maxOutputTokens": model.max_output_tokens,
-        "question": {
-            "id": question.pk,
-            "seq": question.seq,
-            "text": question.text,
-            "authorId": question.author_id,
-            "author": question.author.username if question.author else "",
-        },
-    }
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_commit_lock_key(run_id)])
-    try:
-        run_agent.apply_async(args=(run_id,), kwargs={"before_commit": early})
-    except Exception:
-        # The broker refused: queue it on commit instead, which reports the failure as before.
-        logger.warning("run %s: could not queue before commit", run_id, exc_info=True)
-        return False
-    return True
 
 
 def _gateway_token_key(run_id: str) -> str:
@@ -450,228 +382,18 @@ def _claim(run_id: str) -> AgentRun | _Wait | None:
     return run
 
 
-class _EarlyCall(threading.Thread):
-    """The model asked before the run is claimed, so the claim's commit overlaps the model
-    reading the prompt (for a remote model, most of the time to first token). This thread
-    opens the call and waits for the first piece; the worker's own thread reads the rest,
-    after the claim."""
-
-    def __init__(self, *, open_call: Callable[[Completion], Iterator[str]]) -> None:
-        super().__init__(name="early-model-call", daemon=True)
-        self.completion = Completion()
-        self._open_call = open_call
-        self._pieces: Iterator[str] | None = None
-        self._first: str | None = None
-        self._error: BaseException | None = None
-        # Whether the first read is over, and whether the call was given up meanwhile: who
-        # sees both closes the stream (never while the other thread is inside it).
-        self._state = threading.Lock()
-        self._done = False
-        self._discarded = False
-
-    @classmethod
-    def start_for(cls, provider: Any, *, messages: ChatMessages, max_tokens: int) -> _EarlyCall:
-        call = cls(
-            open_call=lambda completion: provider.stream(
-                messages=messages, max_tokens=max_tokens, completion=completion
-            )
-        )
-        call.start()
-        return call
-
-    def run(self) -> None:
-        try:
-            self._pieces = self._open_call(self.completion)
-            self._first = next(self._pieces)
-        except StopIteration:
-            pass
-        except BaseException as exc:  # handed to the worker's thread, raised where it reads
-            self._error = exc
-        finally:
-            with self._state:
-                self._done = True
-                discarded = self._discarded
-            if discarded:
-                self._close()
-
-    def pieces(self) -> Iterator[str]:
-        """The whole stream, for `_pump` (whose pacer can cut the wait for the first piece)."""
-        try:
-            self.join()
-            if self._error is not None:
-                raise self._error
-            if self._pieces is None or self._first is None:
-                return
-            yield self._first
-            yield from self._pieces
-        finally:
-            self._close()
-
-    def discard(self) -> None:
-        """The claim was lost (finished, stopped, or taken by another worker): cut the call,
-        without waiting for a model that has not answered yet (this thread closes the stream
-        when it does)."""
-        with self._state:
-            self._discarded = True
-            done = self._done
-        if self.completion.abort is not None:
-            self.completion.abort()
-        if done:
-            self._close()
-
-    def _close(self) -> None:
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
-
-
-def _run_untouched(run_id: str) -> AgentRun | None:
-    """The run, if no worker has touched it yet and it is a single-model reply that nobody
-    stopped; else None. Joined with what the first model call and the claim need, and no
-    more: each further relation (the users, the summary) cost more in planning and building
-    objects than a small query of its own (measured: 1.8 ms for these, 7.8 ms with the two
-    users and the summary joined too)."""
-    return (
-        AgentRun.objects.select_related("model", "thread", "message", "request_message")
-        .filter(
-            pk=run_id,
-            status=AgentRun.Status.QUEUED,
-            attempts=0,
-            cancel_requested=False,
-            mode=AgentMode.CORE,
-        )
-        .first()
-    )
-
-
-def _call_early(run: AgentRun) -> _EarlyCall | None:
-    """Start the model call of an untouched run (`_run_untouched`) if its provider runs the
-    model elsewhere. A stopped, redelivered or crew run is never untouched: those go through
-    the claim first, so a stop or a second delivery never calls the model."""
-    try:
-        provider = get_provider(run.model)
-        if not getattr(type(provider), "remote", False):
-            return None  # an in-process model holds its lock in the thread that opened it
-        messages = context.build(run=run, count_tokens=provider.count_tokens)
-    except Exception:
-        # The claimed path builds the same again and reports the failure on the message.
-        logger.info("run %s: no early model call", run.pk, exc_info=True)
-        return None
-    return _EarlyCall.start_for(provider, messages=messages, max_tokens=run.model.max_output_tokens)
-
-
-def _call_before_commit(run_id: str, early: dict[str, Any]) -> _EarlyCall | None:
-    """Start the model call of a run whose post has not committed yet
-    (`_publish_before_commit`), from what the post sent: the rows it wrote are not visible
-    yet, but the history before the question is."""
-    try:
-        question = early["question"]
-        model = AIModel(
-            pk=early["modelId"],
-            provider=early["provider"],
-            provider_model=early["providerModel"],
-            context_window=early["contextWindow"],
-            max_output_tokens=early["maxOutputTokens"],
-        )
-        thread = Thread(pk=early["threadId"], session_prompt=early["sessionPrompt"])
-        asker = User(pk=question["authorId"], username=question["author"])
-        request_message = Message(
-            pk=question["id"],
-            thread=thread,
-            seq=question["seq"],
-            text=question["text"],
-            author=asker,
-        )
-        run = AgentRun(pk=run_id, thread=thread, model=model, request_message=request_message)
-        provider = get_provider(model)
-        if not getattr(type(provider), "remote", False):
-            return None
-        messages = context.build(run=run, count_tokens=provider.count_tokens, question_pending=True)
-    except Exception:
-        # The run, once committed, is claimed and asked the usual way.
-        logger.info("run %s: no model call before commit", run_id, exc_info=True)
-        return None
-    return _EarlyCall.start_for(provider, messages=messages, max_tokens=model.max_output_tokens)
-
-
-def _post_in_progress(run_id: str) -> bool:
-    """Whether the post that queued this run before committing is still open (it holds the
-    run's advisory lock until it ends). A task that waited in the queue, or came again after
-    a worker died, finds it ended: that run goes the usual way, and a stop or a second
-    delivery never reaches the model. Outside a transaction the lock taken here is let go as
-    the statement ends."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock_shared(%s)", [_commit_lock_key(run_id)])
-        (ended,) = cursor.fetchone()
-    return not ended
-
-
-def _wait_for_post(run_id: str) -> None:
-    """Until that post has ended, committed or rolled back; the next statement sees what it
-    committed."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [_commit_lock_key(run_id)])
-
-
-def _claim_untouched(run: AgentRun) -> AgentRun | None:
-    """Take an untouched run with one conditional UPDATE (no locked read: the condition is the
-    lock), reusing the objects already read; None if it stopped being untouched meanwhile, for
-    `_claim` to sort out."""
-    now = timezone.now()
-    with transaction.atomic():
-        taken = AgentRun.objects.filter(
-            pk=run.pk,
-            status=AgentRun.Status.QUEUED,
-            attempts=0,
-            cancel_requested=False,
-            mode=AgentMode.CORE,
-        ).update(status=AgentRun.Status.RUNNING, attempts=1, started_at=now, heartbeat_at=now)
-        if not taken:
-            return None
-        run.status, run.attempts, run.started_at, run.heartbeat_at = (
-            AgentRun.Status.RUNNING,
-            1,
-            now,
-            now,
-        )
-        run.message._file_ids = []  # an AI reply has no attachments: no query for them
-        # No live text to reset: no worker has written any for this run.
-        messaging_services.message_set_status(
-            message=run.message, status=Message.Status.STREAMING, text=""
-        )
-    return run
-
-
-def run_execute(*, run_id: str, before_commit: dict[str, Any] | None = None) -> None:
+def run_execute(*, run_id: str) -> None:
     """Produce one reply. Safe to call again for the same run (redelivery, retries).
 
-    `before_commit`: the run was queued before its post committed, with what the prompt
-    needs that the worker cannot read yet (`_publish_before_commit`); the model is asked
-    first, and the run looked at once the post has ended."""
-    early = None
-    try:
-        if before_commit is not None and _post_in_progress(run_id):
-            early = _call_before_commit(run_id, before_commit)
-            _wait_for_post(run_id)
-        untouched = _run_untouched(run_id)
-        if untouched is None and early is not None:
-            early.discard()  # rolled back or stopped meanwhile: `_claim` sorts it out
-            early = None
-        if untouched is not None and early is None:
-            early = _call_early(untouched)
-        run = (_claim_untouched(untouched) if untouched is not None else None) or _claim(run_id)
-    except BaseException:
-        if early is not None:
-            early.discard()  # the task fails (and is redelivered): no model call left open
-        raise
+    The task is queued when the post commits, so the run is there to claim; the model is
+    asked only once the claim has committed, so a stop or a second delivery never reaches it."""
+    run = _claim(run_id)
     if run is None or isinstance(run, _Wait):
-        if early is not None:
-            early.discard()
         if isinstance(run, _Wait):
             _enqueue(run_id, crew=True, countdown=CREW_WAIT_SECONDS)
         return
     stream = _Stream(run=run, seq=run.thread.last_event_seq)
-    completion = early.completion if early is not None else Completion()
+    completion = Completion()
     stream.completion = completion
     status, error = AgentRun.Status.COMPLETE, ""
     started = time.monotonic()
@@ -692,17 +414,14 @@ def run_execute(*, run_id: str, before_commit: dict[str, Any] | None = None) -> 
     try:
         for attempt in range(2):
             try:
-                if early is not None and attempt == 0:
-                    pieces = early.pieces()
-                else:
-                    messages = context.build(run=run, count_tokens=provider.count_tokens)
-                    pieces = open_stream(
-                        provider,
-                        messages=messages,
-                        max_tokens=run.model.max_output_tokens,
-                        completion=completion,
-                        turn=functools.partial(context.turn, run=run, messages=messages),
-                    )
+                messages = context.build(run=run, count_tokens=provider.count_tokens)
+                pieces = open_stream(
+                    provider,
+                    messages=messages,
+                    max_tokens=run.model.max_output_tokens,
+                    completion=completion,
+                    turn=functools.partial(context.turn, run=run, messages=messages),
+                )
                 cancelled = _pump(stream, pieces, started)
                 if cancelled:
                     status = AgentRun.Status.CANCELLED

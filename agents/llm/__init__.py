@@ -132,16 +132,6 @@ def get_provider(model: AIModel) -> Provider:
     return provider
 
 
-def provider_is_remote(model: AIModel) -> bool:
-    """Whether the model runs outside this process, so any thread may start its call (the
-    `remote` flag of the `openai` provider), told without making the provider."""
-    if model.provider != "openai":
-        return False  # the bundled model is in-process; the gRPC agent takes turns
-    from agents.llm.openai_compat import OpenAICompatibleProvider
-
-    return OpenAICompatibleProvider.remote
-
-
 def providers_warm_up() -> None:
     """Make the providers of the remote models in the catalog before any reply needs them:
     the OpenAI SDK's import and its lazily built resources take most of a second, which a

@@ -7,21 +7,13 @@ import pytest
 from django.apps import apps
 
 from messaging import events
-from tests.agents.scripted_llm import RemoteScriptedProvider, ScriptedProvider
+from tests.agents.scripted_llm import ScriptedProvider
 
 
 @pytest.fixture
 def scripted_llm(monkeypatch: pytest.MonkeyPatch) -> ScriptedProvider:
     """Every model answers from this script for the test's duration."""
     provider = ScriptedProvider()
-    monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
-    return provider
-
-
-@pytest.fixture
-def remote_llm(monkeypatch: pytest.MonkeyPatch) -> RemoteScriptedProvider:
-    """A model served elsewhere (the `openai` provider's `remote` flag) answers from the script."""
-    provider = RemoteScriptedProvider()
     monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
     return provider
 

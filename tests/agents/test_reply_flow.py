@@ -355,23 +355,13 @@ class _StallingProvider:
 
 
 def test_stop_cuts_a_model_that_went_silent(cast, monkeypatch):
-    holder = {}
-
     def press_stop():
-        message = Message.objects.get(pk=holder["message_id"])
+        # The model is asked only after the claim: the run being written is the one running.
+        message = AgentRun.objects.get(status=AgentRun.Status.RUNNING).message
         services.run_stop(message=message, actor=cast.alice)
 
     provider = _StallingProvider(press_stop)
     monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
-    original = services._claim_untouched
-
-    def claim(untouched):
-        run = original(untouched)
-        if run is not None:
-            holder["message_id"] = run.message_id
-        return run
-
-    monkeypatch.setattr(services, "_claim_untouched", claim)
     response = _ask(cast)
     assert response.status_code == 201, response.content
     run = AgentRun.objects.get(pk=response.json()["reply"]["runId"])
