@@ -42,7 +42,7 @@ class Usage:
 class Completion:
     """What a stream leaves behind once iterated: the usage the provider reported or we counted,
     and, for a provider that prices its own work (an agent), the cost it reported. A cost here
-    replaces the token price in the ledger (agents.services._finish)."""
+    replaces the token price in the ledger (agents.services.finish.run_finish)."""
 
     usage: Usage = field(default_factory=Usage)
     cost: Decimal | None = None
