@@ -108,10 +108,13 @@ def reply_request(
 
 
 def gateway_token_key(run_id: str) -> str:
+    """Where the asker's bearer token waits in the cache for the run's crew (crew_runs)."""
     return f"threadline:run-gateway-token:{run_id}"
 
 
 def enqueue(run_id: str, *, crew: bool = False, countdown: float = 0) -> None:
+    """Queue the run's id for a worker (a crew on the crew queue). Called on commit, or by a
+    worker or the reaper for a run that is already committed: never before its post commits."""
     from agents.tasks import run_agent
 
     queue = settings.CREW_QUEUE if crew else None

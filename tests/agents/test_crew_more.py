@@ -134,13 +134,12 @@ def test_a_crew_waits_for_a_free_slot_and_says_so(
     queued: list[dict[str, Any]],
 ) -> None:
     holder = _holder(cast)
-    crew_queue = {"queue": settings.CREW_QUEUE}
     crew_script.replies = {"planner": ["SPECIALISTS: researcher"], "writer": [final("Hi.")]}
     response = ask_crew(cast, "Where did we discuss the launch?")
     assert response.status_code == 201, response.content
     run_id = response.json()["reply"]["runId"]
     # On commit, to the crew queue.
-    assert queued == [{"args": (run_id,), **crew_queue, "countdown": None}]
+    assert queued == [{"args": (run_id,), "queue": settings.CREW_QUEUE, "countdown": None}]
 
     services.run_execute(run_id=run_id)
     run = AgentRun.objects.get(pk=run_id)
@@ -156,7 +155,7 @@ def test_a_crew_waits_for_a_free_slot_and_says_so(
     # Tried again later.
     assert queued[-1] == {
         "args": (run_id,),
-        **crew_queue,
+        "queue": settings.CREW_QUEUE,
         "countdown": services.CREW_WAIT_SECONDS,
     }
 
