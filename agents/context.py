@@ -61,15 +61,8 @@ def _as_chat(message: Message) -> dict[str, str]:
     )
 
 
-def build(
-    *, run: AgentRun, count_tokens: Callable[[str], int], question_pending: bool = False
-) -> ChatMessages:
-    """The messages for the model, newest history kept first when trimming is needed.
-
-    `question_pending`: the question is not committed yet (a worker asking the model while the
-    post commits), so the database does not show it; it comes from `run.request_message` as
-    the post saw it, and it has no attachments (a question with files is never asked early).
-    """
+def build(*, run: AgentRun, count_tokens: Callable[[str], int]) -> ChatMessages:
+    """The messages for the model, newest history kept first when trimming is needed."""
     thread = run.thread
     system = BASE_PROMPT
     if thread.session_prompt.strip():
@@ -80,12 +73,6 @@ def build(
     # History up to the question: a regenerated reply must not see the answer it replaces.
     upto = run.request_message.seq if run.request_message else run.message.seq - 1
     room = settings.MAX_CHAT_HISTORY_CONTEXT
-    pending = run.request_message if question_pending and run.request_message else None
-    if pending is not None:
-        # Read what is before it (all committed: those rows took their seq under the lock the
-        # question's post holds) and add it as the post saw it, in the place it would take.
-        upto -= 1
-        room -= 1 if pending.text else 0
     # Rows, not model instances: building twenty messages and their authors cost more than
     # the query (measured: 3.7 ms against 1.9 ms on this machine's two cores).
     history = list(
@@ -97,9 +84,7 @@ def build(
     )
     history.reverse()
     turns = [_chat_turn(*row) for row in history]
-    if pending is not None and pending.text:
-        turns.append(_as_chat(pending))
-    if run.request_message is not None and pending is None:
+    if run.request_message is not None:
         attachments = [
             f"[{file.name}]\n{text}"
             for file in run.request_message.files.all()

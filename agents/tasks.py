@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import shared_task
 from django.conf import settings
 
@@ -16,10 +14,10 @@ from django.conf import settings
     soft_time_limit=settings.RUN_TIME_LIMIT_SECONDS + 30,
     time_limit=settings.RUN_TIME_LIMIT_SECONDS + 60,
 )
-def run_agent(run_id: str, before_commit: dict[str, Any] | None = None) -> None:
+def run_agent(run_id: str) -> None:
     from agents.services import run_execute
 
-    run_execute(run_id=run_id, before_commit=before_commit)
+    run_execute(run_id=run_id)
 
 
 @shared_task(name="agents.reap_stale_runs", ignore_result=True)

@@ -87,6 +87,7 @@ def main() -> None:
     import agents.crew as crew_module
     from agents import services as agent_services
     from agents.models import AgentRun, AIModel
+    from agents.tasks import run_agent
     from agents.tools import ToolContext
     from messaging import services as messaging_services
     from tests.agents.scripted_crew_llm import CrewScript, ScriptedCrewLLM, final, tool_call
@@ -200,8 +201,8 @@ def main() -> None:
         assert "second week of March" in run.message.text, run.message.text
 
     patches: list[Any] = [
-        mock.patch.object(agent_services, "get_provider", lambda model: provider),
-        mock.patch.object(agent_services, "_enqueue", noop),  # executed here, not by Celery
+        mock.patch("agents.llm.get_provider", lambda model: provider),
+        mock.patch.object(run_agent, "apply_async", noop),  # executed here, not by Celery
         mock.patch.object(crew_module, "ProviderLLM", ScriptedCrewLLM),
     ]
     for patch in patches:

@@ -2,9 +2,9 @@
 
 In-process on PostgreSQL and Redis, no model (the provider answers at once), so what is left is
 ours: the POST with `"reply": true` (authentication, access, model check, message_post,
-reply_request, commit, the task published) and, in the worker (a thread started when the task
-is published, before the post commits for a remote model), everything from `run_execute`
-until the first delta is handed to the publisher (context, model call, claim). Queries are
+reply_request, commit, the task published on commit) and, in the worker (a thread started when
+the task is published), everything from `run_execute` until the first delta is handed to the
+publisher (claim, context, model call). Queries are
 counted with Django's CaptureQueriesContext; each phase is timed by wrapping the function that
 does it. The Celery hop and the socket delivery are not in here (bench/streaming.py has the end
 to end figure).
@@ -33,10 +33,7 @@ REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 
 
 class _Instant:
-    """A provider that answers one piece at once: the model's own time is not ours. Remote,
-    as the `openai` provider is: the worker asks it while it claims the run."""
-
-    remote = True
+    """A provider that answers one piece at once: the model's own time is not ours."""
 
     def count_tokens(self, text: str) -> int:
         return len(text) // 3 + 1
@@ -67,9 +64,11 @@ def main() -> None:
     from django.test.utils import CaptureQueriesContext
     from rest_framework.test import APIClient
 
-    import agents.services as agent_services
+    import agents.llm as llm
     import messaging.apis as apis
+    from agents import context
     from agents.models import AIModel
+    from agents.services import replies, runs, streaming
     from agents.tasks import run_agent
     from messaging import events
     from messaging import services as messaging_services
@@ -110,55 +109,44 @@ def main() -> None:
     timed(apis, "model_for_request", "post: model_for_request")
     timed(messaging_services, "message_post", "post: message_post")
     timed(apis, "reply_request", "post: reply_request (incl. its message_post)")
-    timed(agent_services, "_enqueue", "post: on commit, task published")
-    timed(agent_services, "_run_untouched", "worker: first look at the run")
-    timed(agent_services, "_call_early", "worker: the model asked (context, thread start)")
-    timed(agent_services, "_claim_untouched", "worker: claim of a fresh run")
-    timed(agent_services, "_claim", "worker: full claim")
-    timed(agent_services.context, "build", "worker: context.build")
-    agent_services.get_provider = lambda model: _Instant()
+    timed(replies, "enqueue", "post: on commit, task published")
+    timed(runs, "claim", "worker: claim")
+    timed(context, "build", "worker: context.build")
+    llm.get_provider = lambda model: _Instant()
 
-    timed(agent_services, "_call_before_commit", "worker: the model asked before the commit")
-    timed(agent_services, "_wait_for_post", "worker: waiting for the post's commit")
-
-    # The worker runs on a thread of its own, from the moment the task is published: before
-    # the commit for this remote model (agents.services._publish_before_commit), on commit
-    # for anything else.
+    # The worker runs on a thread of its own, from the moment the task is published (on
+    # commit).
     workers: list[threading.Thread] = []
     worker_queries: list[float] = []
     worker_sql: list[list[str]] = []
 
-    def work(run_id: str, before_commit: dict[str, Any] | None) -> None:
+    def work(run_id: str) -> None:
         try:
             with CaptureQueriesContext(connection) as worker_ctx:
                 marks["worker"] = time.perf_counter()
-                agent_services.run_execute(run_id=run_id, before_commit=before_commit)
+                runs.run_execute(run_id=run_id)
             worker_queries.append(len(worker_ctx.captured_queries))
             worker_sql.append([q["sql"][:160] for q in worker_ctx.captured_queries])
         finally:
             connection.close()
 
-    def start_worker(run_id: str, before_commit: dict[str, Any] | None = None) -> None:
-        worker = threading.Thread(target=work, args=(run_id, before_commit))
+    def apply_async(args: tuple[str], **options: Any) -> None:
+        worker = threading.Thread(target=work, args=(args[0],))
         workers.append(worker)
         worker.start()
 
-    def apply_async(args: tuple[str], kwargs: dict[str, Any] | None = None, **o: Any) -> None:
-        start_worker(args[0], (kwargs or {}).get("before_commit"))
-
     run_agent.app.conf.task_always_eager = False
     run_agent.apply_async = apply_async
-    agent_services._enqueue = lambda run_id, **kw: start_worker(run_id)
 
     first_delta: list[float] = []
-    flush = agent_services._flush
+    flush = streaming.flush
 
     def flush_timed(stream: Any) -> None:
         if "worker" in marks and stream.sent == 0:
             first_delta.append((time.perf_counter() - marks.pop("worker")) * 1000)
         flush(stream)
 
-    agent_services._flush = flush_timed
+    streaming.flush = flush_timed
 
     post_ms: list[float] = []
     post_queries: list[float] = []
@@ -209,14 +197,11 @@ def main() -> None:
             "In-process on PostgreSQL and Redis with a provider that answers at once, so only "
             'Threadline\'s own work is left: the POST with `"reply": true` through the Django '
             "test client (authentication, access, model check, both messages, the run, the "
-            "reservation, commit, the task published) and, in the worker, `run_execute` from its "
-            "start until the first delta is handed on. The provider is remote, as the `openai` "
-            "one is, so the run is queued before the post commits and the worker, on a thread "
-            "of its own started at that moment, builds the context and asks the model while the "
-            "post is still writing, then waits for the commit, takes its first look at the run "
-            "and claims it; an instant model answers before the claim is done, so here the first "
-            "delta waits for the claim, which a real model's prompt reading hides. The worker's "
-            "phases overlap the post's, on the same two cores. Each phase is timed by "
+            "reservation, commit, the task published on commit) and, in the worker, `run_execute` "
+            "from its start until the first delta is handed on: the claim, the context, the "
+            "model asked, its first piece sent. The worker, on a thread of its own started when "
+            "the task is published, overlaps the end of the post's request on the same two "
+            "cores. Each phase is timed by "
             "wrapping the function that does it (message_post runs twice per POST: both "
             f"counted). {args.trials} trials, milliseconds. Not in here: daphne, the Celery "
             "hop, the socket (bench/streaming.py measures the whole path).",

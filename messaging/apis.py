@@ -15,8 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import conversation
-from agents.services import reply_regenerate, run_stop
+from agents.services import conversation, reply_regenerate, run_stop
 from chatproject.api import (
     ClientIdField,
     StrictBooleanField,

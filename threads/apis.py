@@ -12,8 +12,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import conversation
 from agents.selectors import balance_of, usage_of
+from agents.services import conversation
 from chatproject.api import (
     ClientIdField,
     StrictBooleanField,

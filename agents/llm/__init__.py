@@ -42,7 +42,7 @@ class Usage:
 class Completion:
     """What a stream leaves behind once iterated: the usage the provider reported or we counted,
     and, for a provider that prices its own work (an agent), the cost it reported. A cost here
-    replaces the token price in the ledger (agents.services._finish)."""
+    replaces the token price in the ledger (agents.services.finish.run_finish)."""
 
     usage: Usage = field(default_factory=Usage)
     cost: Decimal | None = None
@@ -130,16 +130,6 @@ def get_provider(model: AIModel) -> Provider:
                 provider = LocalProvider()
             _providers[key] = provider
     return provider
-
-
-def provider_is_remote(model: AIModel) -> bool:
-    """Whether the model runs outside this process, so any thread may start its call (the
-    `remote` flag of the `openai` provider), told without making the provider."""
-    if model.provider != "openai":
-        return False  # the bundled model is in-process; the gRPC agent takes turns
-    from agents.llm.openai_compat import OpenAICompatibleProvider
-
-    return OpenAICompatibleProvider.remote
 
 
 def providers_warm_up() -> None:

@@ -3,9 +3,9 @@
 
 The agent gets the question and the thread's context (session prompt, rolling summary, the last
 turns as JSON, attached file names, the asker's balance) and answers with its text and what the
-turn cost; that cost replaces the token price in the ledger (agents.services._finish), capped
-by the reservation like any reply. A timeout, an unreachable agent or an agent error fails the
-reply with a reason a person can read.
+turn cost; that cost replaces the token price in the ledger
+(agents.services.finish.run_finish), capped by the reservation like any reply. A timeout, an
+unreachable agent or an agent error fails the reply with a reason a person can read.
 """
 
 from __future__ import annotations

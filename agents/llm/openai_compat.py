@@ -12,10 +12,6 @@ from agents.llm import ChatMessages, Completion, LLMError, estimate_tokens
 
 
 class OpenAICompatibleProvider:
-    # The model runs elsewhere: a stream can be opened in one thread and read in another
-    # (agents.services opens it while the worker claims the run).
-    remote = True
-
     def __init__(self, *, model_name: str) -> None:
         import openai
 

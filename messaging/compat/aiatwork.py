@@ -43,10 +43,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import conversation
-from agents.conversation import Posted
 from agents.models import AIModel
 from agents.selectors import balance_of, model_for_legacy_request, models_for_user
+from agents.services import conversation
+from agents.services.conversation import Posted
 from chatproject.api import api_exception_handler, request_user
 from messaging import services
 from messaging.compat.common import ReplyListener

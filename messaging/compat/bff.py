@@ -36,9 +36,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import conversation
-from agents.conversation import Posted
 from agents.selectors import artifacts_of_message
+from agents.services import conversation
+from agents.services.conversation import Posted
 from chatproject.api import (
     StrictCharField,
     StrictInputSerializer,

@@ -36,7 +36,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import conversation
+from agents.services import conversation
 from chatproject.api import StrictCharField, api_exception_handler, request_user
 from messaging import selectors, services
 from messaging.apis import _MetaField

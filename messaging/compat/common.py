@@ -1,4 +1,4 @@
-"""What the compat doors share beyond the conversation layer (agents.conversation, which
+"""What the compat doors share beyond the conversation layer (agents.services.conversation, which
 posts, starts, reads and deletes for every door): hearing one AI reply on the event stream,
 with a `Subscription` as every subscriber does.
 """
@@ -18,7 +18,7 @@ from messaging.streams import Subscription
 from threads.models import Thread, User
 
 if TYPE_CHECKING:
-    from agents.conversation import Posted
+    from agents.services.conversation import Posted
 
 # The longest a door waits for a reply it is streaming: the worker's own limit, and then some.
 REPLY_TIMEOUT_SECONDS = 600
@@ -56,10 +56,10 @@ class ReplyListener:
     async def ask(
         self, session_id: str | None, post: Callable[[], tuple[Thread, Posted, bool]]
     ) -> tuple[Thread, Posted]:
-        """Run `post` (agents.conversation.session_post, in a worker thread) so that not one
-        delta of its reply can be missed: an existing session is followed before the post; a
-        session the post made is followed after it, from the start of its log, which holds
-        everything committed so far. On failure the listener is closed and the error raised."""
+        """Run `post` (conversation.session_post, in a worker thread) so that not one delta of
+        its reply can be missed: an existing session is followed before the post; a session
+        the post made is followed after it, from the start of its log, which holds everything
+        committed so far. On failure the listener is closed and the error raised."""
         try:
             if session_id is not None:
                 await self.follow(session_id)

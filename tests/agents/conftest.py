@@ -6,23 +6,26 @@ from typing import Any
 import pytest
 from django.apps import apps
 
-from tests.agents.scripted_llm import RemoteScriptedProvider, ScriptedProvider
+from tests.agents.scripted_llm import ScriptedProvider
 
 
 @pytest.fixture
 def scripted_llm(monkeypatch: pytest.MonkeyPatch) -> ScriptedProvider:
     """Every model answers from this script for the test's duration."""
     provider = ScriptedProvider()
-    monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
+    monkeypatch.setattr("agents.llm.get_provider", lambda model: provider)
     return provider
 
 
 @pytest.fixture
-def remote_llm(monkeypatch: pytest.MonkeyPatch) -> RemoteScriptedProvider:
-    """A model served elsewhere (the `openai` provider's `remote` flag) answers from the script."""
-    provider = RemoteScriptedProvider()
-    monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
-    return provider
+def queued(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every run the services queue, as `run_agent.apply_async`'s keyword arguments, instead of
+    running it: the run stays queued (eager Celery would run it at once, ignoring countdown)."""
+    from agents.tasks import run_agent
+
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(run_agent, "apply_async", lambda **kwargs: sent.append(kwargs))
+    return sent
 
 
 @pytest.fixture

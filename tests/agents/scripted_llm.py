@@ -4,11 +4,8 @@ monkeypatching agents.llm.get_provider (see the `scripted_llm` fixture)."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from agents.llm import ChatMessages, Completion, LLMError
 
@@ -47,33 +44,3 @@ class ScriptedProvider:
                 yield piece
         finally:
             self.closed = True
-
-
-@dataclass
-class RemoteScriptedProvider(ScriptedProvider):
-    """A TEST DOUBLE of a model served elsewhere (the `openai` provider's `remote` flag): the
-    scripted pieces, and a record of when the request went out and whether it was cut."""
-
-    remote = True
-    asked: threading.Event = field(default_factory=threading.Event)
-    asked_in: list[str] = field(default_factory=list)
-    aborted: threading.Event = field(default_factory=threading.Event)
-
-    def stream(self, **kwargs: Any) -> Any:
-        pieces = super().stream(**kwargs)
-        kwargs["completion"].abort = self.aborted.set
-
-        def sent_on_first_read() -> Any:
-            # Like an HTTP stream: the request goes out when the first piece is asked for.
-            self.asked_in.append(threading.current_thread().name)
-            self.asked.set()
-            yield from pieces
-
-        return sent_on_first_read()
-
-
-def wait_until_closed(provider: ScriptedProvider) -> None:
-    """Give the early call's own thread a moment: it closes the stream once the model answers."""
-    deadline = time.monotonic() + 5
-    while not provider.closed and time.monotonic() < deadline:
-        time.sleep(0.01)

@@ -131,20 +131,15 @@ def test_a_crew_waits_for_a_free_slot_and_says_so(
     cast: Cast,
     crew_script: CrewScript,
     published: list[dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
+    queued: list[dict[str, Any]],
 ) -> None:
     holder = _holder(cast)
-    queued: list[tuple[str, bool, float]] = []
-    monkeypatch.setattr(
-        services,
-        "_enqueue",
-        lambda run_id, crew=False, countdown=0: queued.append((run_id, crew, countdown)),
-    )
     crew_script.replies = {"planner": ["SPECIALISTS: researcher"], "writer": [final("Hi.")]}
     response = ask_crew(cast, "Where did we discuss the launch?")
     assert response.status_code == 201, response.content
     run_id = response.json()["reply"]["runId"]
-    assert queued == [(run_id, True, 0)]  # on commit, to the crew queue
+    # On commit, to the crew queue.
+    assert queued == [{"args": (run_id,), "queue": settings.CREW_QUEUE, "countdown": None}]
 
     services.run_execute(run_id=run_id)
     run = AgentRun.objects.get(pk=run_id)
@@ -157,7 +152,12 @@ def test_a_crew_waits_for_a_free_slot_and_says_so(
     steps = [e["data"] for e in published if e["type"] == "chatAgentStep"]
     assert [(s["agent"], s["step"], s["runId"]) for s in steps] == [("crew", "waiting", run_id)]
     assert steps[0]["detail"] == waiting["reason"]
-    assert queued[-1] == (run_id, True, services.CREW_WAIT_SECONDS)  # tried again later
+    # Tried again later.
+    assert queued[-1] == {
+        "args": (run_id,),
+        "queue": settings.CREW_QUEUE,
+        "countdown": services.CREW_WAIT_SECONDS,
+    }
 
     # Trying again while still busy says nothing new (no second note, no second event).
     services.run_execute(run_id=run_id)
@@ -176,10 +176,9 @@ def test_a_crew_waits_for_a_free_slot_and_says_so(
 
 @override_settings(CREW_MAX_CONCURRENCY=1)
 def test_a_slot_held_by_a_silent_worker_is_taken_over(
-    cast: Cast, crew_script: CrewScript, monkeypatch: pytest.MonkeyPatch
+    cast: Cast, crew_script: CrewScript, queued: list[dict[str, Any]]
 ) -> None:
     _holder(cast, heartbeat_age=settings.RUN_STALE_SECONDS + 5)
-    monkeypatch.setattr(services, "_enqueue", lambda run_id, crew=False, countdown=0: None)
     crew_script.replies = {"planner": ["SPECIALISTS: researcher"], "writer": [final("Hi.")]}
     run_id = ask_crew(cast, "Where did we discuss it?").json()["reply"]["runId"]
     services.run_execute(run_id=run_id)
@@ -190,18 +189,14 @@ def test_a_slot_held_by_a_silent_worker_is_taken_over(
 
 @override_settings(CREW_MAX_CONCURRENCY=1)
 def test_the_wait_goes_back_to_the_crew_queue_with_a_countdown(
-    cast: Cast, crew_script: CrewScript, monkeypatch: pytest.MonkeyPatch
+    cast: Cast, crew_script: CrewScript, queued: list[dict[str, Any]]
 ) -> None:
-    """The real _enqueue: a waiting crew is re-queued on the crew queue with a countdown.
-    (Eager Celery ignores countdown and would re-run at once, so the task is recorded here.)"""
-    from agents.tasks import run_agent
-
+    """A waiting crew is re-queued on the crew queue with a countdown. (Eager Celery ignores
+    countdown and would re-run at once, so the task is recorded here.)"""
     _holder(cast)
-    sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(run_agent, "apply_async", lambda **kwargs: sent.append(kwargs))
     run_id = ask_crew(cast, "Where did we discuss it?").json()["reply"]["runId"]
     services.run_execute(run_id=run_id)
-    assert sent == [
+    assert queued == [
         {"args": (run_id,), "queue": settings.CREW_QUEUE, "countdown": None},
         {
             "args": (run_id,),

@@ -192,9 +192,8 @@ def test_stop_mid_stream_keeps_the_partial_text_and_charges_only_what_was_produc
     assert run.cost == ((Decimal(run.prompt_tokens) + 3 * 2) / 1000).quantize(Decimal("0.000001"))
 
 
-def test_stop_is_for_the_asker_the_owner_or_an_admin(cast, scripted_llm, monkeypatch):
-    # Leave the run queued.
-    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: None)
+def test_stop_is_for_the_asker_the_owner_or_an_admin(cast, scripted_llm, queued):
+    # Leave the run queued (the `queued` fixture).
     response = _ask(cast, user=cast.bob)
     ai_id = response.json()["reply"]["messageId"]
     missing = cast.client(cast.charlie).post("/api/v1/messages/msg_nope/stop/")
@@ -221,13 +220,15 @@ def test_regenerate_answers_the_same_question_again(cast, scripted_llm):
 
 
 def test_a_run_whose_worker_vanished_is_run_again_once_then_failed(cast, scripted_llm, monkeypatch):
-    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: None)
+    from agents.tasks import run_agent
+
+    monkeypatch.setattr(run_agent, "apply_async", lambda **kwargs: None)
     response = _ask(cast)
     run = AgentRun.objects.get(pk=response.json()["reply"]["runId"])
     stale = timezone.now() - timedelta(minutes=5)
     AgentRun.objects.filter(pk=run.pk).update(status="running", attempts=1, heartbeat_at=stale)
     monkeypatch.undo()
-    monkeypatch.setattr("agents.services.get_provider", lambda model: scripted_llm)
+    monkeypatch.setattr("agents.llm.get_provider", lambda model: scripted_llm)
     assert services.runs_reap_stale() == 1
     run.refresh_from_db()
     assert run.status == AgentRun.Status.COMPLETE and run.attempts == 2
@@ -248,10 +249,9 @@ def test_models_and_balance_are_listed(cast):
     assert me["balance"] is None  # no account until the first reply
 
 
-def test_concurrent_replies_never_overdraw(cast, monkeypatch):
+def test_concurrent_replies_never_overdraw(cast, queued):
     if connection.vendor != "postgresql":
         pytest.skip("row locks under real concurrency need PostgreSQL")
-    monkeypatch.setattr(services, "_enqueue", lambda run_id, **options: None)
     model = _priced_model()  # the most a reply can cost: 0.9 + 0.2 = 1.1
     services.credit_add(user=cast.alice, amount=Decimal("10.00"), note="covers 10")
     outcomes: list[str] = []
@@ -355,23 +355,13 @@ class _StallingProvider:
 
 
 def test_stop_cuts_a_model_that_went_silent(cast, monkeypatch):
-    holder = {}
-
     def press_stop():
-        message = Message.objects.get(pk=holder["message_id"])
+        # The model is asked only after the claim: the run being written is the one running.
+        message = AgentRun.objects.get(status=AgentRun.Status.RUNNING).message
         services.run_stop(message=message, actor=cast.alice)
 
     provider = _StallingProvider(press_stop)
-    monkeypatch.setattr("agents.services.get_provider", lambda model: provider)
-    original = services._claim_untouched
-
-    def claim(untouched):
-        run = original(untouched)
-        if run is not None:
-            holder["message_id"] = run.message_id
-        return run
-
-    monkeypatch.setattr(services, "_claim_untouched", claim)
+    monkeypatch.setattr("agents.llm.get_provider", lambda model: provider)
     response = _ask(cast)
     assert response.status_code == 201, response.content
     run = AgentRun.objects.get(pk=response.json()["reply"]["runId"])

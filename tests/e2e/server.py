@@ -279,10 +279,10 @@ def _paced_words(reply: str, pause: float, completion: Completion) -> Iterator[s
 def install_doubles() -> None:
     """Replace the model, for this process only, before asgi.py starts the embedded worker."""
     import agents.crew
-    import agents.services
+    import agents.llm
 
     provider = E2EScriptedProvider()
-    agents.services.get_provider = lambda model: provider
+    agents.llm.get_provider = lambda model: provider
     agents.crew.ProviderLLM = make_crew_llm()  # type: ignore[misc]
 
 

@@ -109,7 +109,7 @@ def test_a_failed_row_leaves_no_object_behind(
     def broken(**kwargs: Any) -> None:
         raise RuntimeError("event log unavailable")
 
-    monkeypatch.setattr("agents.services.events.record", broken)
+    monkeypatch.setattr("messaging.events.record", broken)
     with pytest.raises(RuntimeError):
         services.artifact_save(
             run=run,

@@ -5,8 +5,8 @@ AI-at-Work's socket and upload all start, post to, read and delete conversations
 functions, so a rule or a fix lands once for every protocol. The doors only parse their
 protocol's request and shape its answer.
 
-It sits in `agents`, the top domain layer, because posting composes a message (messaging) with
-its AI reply (agents) in one transaction.
+It sits in `agents`, the top domain layer, and on top of this package, because posting composes
+a message (messaging) with its AI reply (agents.services.replies) in one transaction.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Any
 
 from django.db import transaction
 
-from agents import services
 from agents.models import AgentRun, AIModel
 from agents.selectors import model_for_request
+from agents.services.artifacts import thread_delete
+from agents.services.replies import reply_request
 from messaging import selectors as message_selectors
 from messaging import services as message_services
 from messaging.models import Message
@@ -80,7 +81,7 @@ def message_send(
         )
         run = None
         if created and model is not None:
-            run = services.reply_request(
+            run = reply_request(
                 thread=thread,
                 requester=user,
                 request_message=message,
@@ -172,7 +173,7 @@ def thread_remove(*, user: User, thread_id: str) -> None:
     """Delete a conversation with everything in it: its owner's (or an admin's) right."""
     thread = access_thread(user=user, thread_id=thread_id, perm=Perm.THREAD_DELETE)
     thread_services.require_owner(thread=thread, actor=user)
-    services.thread_delete(thread=thread)
+    thread_delete(thread=thread)
 
 
 def history_page(

@@ -1,0 +1,106 @@
+"""The end of a run: message, usage, money and event in the caller's transaction.
+
+Its own module because asking (`run_stop` cancels a queued run), the worker (`run_close`) and the
+reaper all end runs, and none of them should import the others.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import AgentMode, AgentRun, CrewSlot
+from agents.services.ledger import reply_cost, settle
+from messaging import services as messaging_services
+from messaging.livetext import live_text_drop
+from messaging.models import Message
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = {AgentRun.Status.COMPLETE, AgentRun.Status.FAILED, AgentRun.Status.CANCELLED}
+_MESSAGE_STATUS: dict[str, str] = {
+    AgentRun.Status.COMPLETE: Message.Status.COMPLETE,
+    AgentRun.Status.FAILED: Message.Status.FAILED,
+    AgentRun.Status.CANCELLED: Message.Status.CANCELLED,
+}
+
+
+def run_finish(
+    *,
+    run: AgentRun,
+    text: str,
+    status: str,
+    error: str = "",
+    meta: dict[str, Any] | None = None,
+    reported_cost: Decimal | None = None,
+) -> None:
+    """End a run in the caller's transaction: message, usage, money, event; a crew's slot is
+    given back. `meta` adds to the message's meta (a crew's usage per agent, artifacts...).
+
+    `reported_cost` is what a provider that prices its own work (an external agent) said the
+    reply cost; it replaces the token price. Either way the charge goes through `settle`, so
+    the reservation caps it: an agent that reports more than was held is charged what was held,
+    and the message's usage shows both (`cost` charged, `reportedCost` claimed)."""
+    extra = dict(meta or {})
+    now = timezone.now()
+    if reported_cost is not None:
+        cost = reported_cost
+    else:
+        cost = reply_cost(
+            model=run.model,
+            prompt_tokens=run.prompt_tokens,
+            completion_tokens=run.completion_tokens,
+        )
+    run.cost = settle(run=run, cost=cost)
+    if cost > run.cost:
+        logger.warning(
+            "run %s: cost %s is above the reservation %s; charged %s",
+            run.pk,
+            cost,
+            run.reserved,
+            run.cost,
+        )
+    run.status = status
+    run.error = error
+    run.finished_at = now
+    breakdown = extra.pop("usage", None)
+    if breakdown:
+        run.usage = breakdown
+    run.save(
+        update_fields=[
+            "status",
+            "error",
+            "finished_at",
+            "cost",
+            "prompt_tokens",
+            "completion_tokens",
+            "usage",
+        ]
+    )
+    if run.mode == AgentMode.CREW:
+        CrewSlot.objects.filter(run=run).update(run=None, taken_at=None)
+    usage: dict[str, Any] = {
+        "promptTokens": run.prompt_tokens,
+        "completionTokens": run.completion_tokens,
+        "cost": str(run.cost),
+    }
+    if breakdown:
+        usage.update(breakdown)
+    if cost > run.cost:
+        usage["reportedCost"] = str(cost)
+    message_meta: dict[str, Any] = {"usage": usage, "waiting": None, **extra}
+    if error:
+        message_meta["error"] = error
+    messaging_services.message_complete(
+        message=run.message,
+        text=text,
+        status=_MESSAGE_STATUS[status],
+        meta=message_meta,
+        usage=usage,
+    )
+    transaction.on_commit(functools.partial(live_text_drop, message_id=run.message_id))
