@@ -8,7 +8,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, extend_schema_field
 from rest_framework import exceptions, serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -184,6 +184,15 @@ ERROR_DESCRIPTIONS = {
 }
 
 
+DEFAULT_PAGE_LIMIT = 50
+
+
+def page_limit(params: Any) -> int:
+    """The `limit` query parameter of a list or history route (PAGE_LIMIT_PARAM): default 50;
+    its upper bound is the selector's to check."""
+    return query_int(params, "limit", default=DEFAULT_PAGE_LIMIT, minimum=1) or DEFAULT_PAGE_LIMIT
+
+
 class AutoSchema(SpectacularAutoSchema):
     """Names schema components after the view that nests them (`ThreadDetailApiInput`), so the
     many nested `InputSerializer` classes stay distinct in the OpenAPI document; and documents
@@ -236,3 +245,18 @@ class AutoSchema(SpectacularAutoSchema):
         if self.view.get_throttles():
             statuses.add(429)
         return sorted(statuses)
+
+
+# The paging parameters every history and list route takes, declared once for the schema.
+PAGE_LIMIT_PARAM = OpenApiParameter(
+    "limit", {"type": "integer", "minimum": 1, "maximum": 200}, description="1-200, default 50."
+)
+PAGE_CURSOR_PARAM = OpenApiParameter("cursor", str, description="nextCursor of the previous page.")
+SEQ_BEFORE_PARAM = OpenApiParameter(
+    "before", {"type": "integer", "minimum": 0}, description="Messages older than this seq."
+)
+SEQ_AFTER_PARAM = OpenApiParameter(
+    "after",
+    {"type": "integer", "minimum": 0},
+    description="Messages newer than this seq (not with before).",
+)

@@ -17,11 +17,15 @@ from rest_framework.views import APIView
 
 from agents.services import conversation, reply_regenerate, run_stop
 from chatproject.api import (
+    PAGE_LIMIT_PARAM,
+    SEQ_AFTER_PARAM,
+    SEQ_BEFORE_PARAM,
     ClientIdField,
     StrictBooleanField,
     StrictCharField,
     StrictInputSerializer,
     bearer_token,
+    page_limit,
     query_int,
     request_user,
 )
@@ -114,21 +118,9 @@ class ThreadMessagesApi(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter(
-                "before",
-                {"type": "integer", "minimum": 0},
-                description="Messages older than this seq.",
-            ),
-            OpenApiParameter(
-                "after",
-                {"type": "integer", "minimum": 0},
-                description="Messages newer than this seq (not with before).",
-            ),
-            OpenApiParameter(
-                "limit",
-                {"type": "integer", "minimum": 1, "maximum": 200},
-                description="1-200, default 50.",
-            ),
+            SEQ_BEFORE_PARAM,
+            SEQ_AFTER_PARAM,
+            PAGE_LIMIT_PARAM,
         ],
         responses=PageOutputSerializer,
         summary="A page of a thread's messages, oldest first (keyset on seq)",
@@ -140,7 +132,7 @@ class ThreadMessagesApi(APIView):
             thread_id=thread_id,
             before=query_int(params, "before"),
             after=query_int(params, "after"),
-            limit=query_int(params, "limit", default=50, minimum=1) or 50,
+            limit=page_limit(params),
         )
         first = page.messages[0].seq if page.messages else None
         last = page.messages[-1].seq if page.messages else None

@@ -15,11 +15,13 @@ from rest_framework.views import APIView
 from agents.selectors import balance_of, usage_of
 from agents.services import conversation
 from chatproject.api import (
+    PAGE_CURSOR_PARAM,
+    PAGE_LIMIT_PARAM,
     ClientIdField,
     StrictBooleanField,
     StrictCharField,
     StrictInputSerializer,
-    query_int,
+    page_limit,
     request_user,
 )
 from messaging import services as actions
@@ -104,19 +106,15 @@ class ThreadListCreateApi(APIView):
                 {"type": "string", "pattern": "^[^\\u0000]*$"},
                 description="A topic id or slug.",
             ),
-            OpenApiParameter("cursor", str, description="nextCursor of the previous page."),
-            OpenApiParameter(
-                "limit",
-                {"type": "integer", "minimum": 1, "maximum": 200},
-                description="1-200, default 50.",
-            ),
+            PAGE_CURSOR_PARAM,
+            PAGE_LIMIT_PARAM,
         ],
         responses=ListOutputSerializer,
         operation_id="threads_list",
         summary="The caller's threads, newest activity first",
     )
     def get(self, request: Request) -> Response:
-        limit = query_int(request.query_params, "limit", default=50, minimum=1) or 50
+        limit = page_limit(request.query_params)
         page = selectors.thread_list(
             user=request_user(request),
             topic=request.query_params.get("topic") or None,

@@ -40,9 +40,13 @@ from agents.selectors import artifacts_of_message
 from agents.services import conversation
 from agents.services.conversation import Posted
 from chatproject.api import (
+    PAGE_CURSOR_PARAM,
+    PAGE_LIMIT_PARAM,
+    SEQ_BEFORE_PARAM,
     StrictCharField,
     StrictInputSerializer,
     error_body,
+    page_limit,
     query_int,
     request_user,
 )
@@ -120,19 +124,15 @@ class ChatSessionsApi(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("cursor", str, description="nextCursor of the previous page."),
-            OpenApiParameter(
-                "limit",
-                {"type": "integer", "minimum": 1, "maximum": 200},
-                description="1-200, default 50.",
-            ),
+            PAGE_CURSOR_PARAM,
+            PAGE_LIMIT_PARAM,
         ],
         responses=ListOutputSerializer,
         operation_id="bff_sessions_list",
         summary="BFF: the caller's chat sessions (threads), newest activity first",
     )
     def get(self, request: Request) -> Response:
-        limit = query_int(request.query_params, "limit", default=50, minimum=1) or 50
+        limit = page_limit(request.query_params)
         page = thread_selectors.thread_list(
             user=request_user(request),
             cursor=request.query_params.get("cursor") or None,
@@ -190,16 +190,8 @@ class ChatHistoryApi(APIView):
     @extend_schema(
         parameters=[
             OpenApiParameter("sessionId", {"type": "string", "minLength": 1}, required=True),
-            OpenApiParameter(
-                "before",
-                {"type": "integer", "minimum": 0},
-                description="Messages older than this seq.",
-            ),
-            OpenApiParameter(
-                "limit",
-                {"type": "integer", "minimum": 1, "maximum": 200},
-                description="1-200, default 50.",
-            ),
+            SEQ_BEFORE_PARAM,
+            PAGE_LIMIT_PARAM,
         ],
         responses=OutputSerializer,
         operation_id="bff_history",
@@ -213,7 +205,7 @@ class ChatHistoryApi(APIView):
             user=request_user(request),
             thread_id=session_id,
             before=query_int(request.query_params, "before"),
-            limit=query_int(request.query_params, "limit", default=50, minimum=1) or 50,
+            limit=page_limit(request.query_params),
         )
         first = page.messages[0].seq if page.messages else None
         return Response(
