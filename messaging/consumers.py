@@ -16,6 +16,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from messaging.streams import Subscription
 from threads.errors import ApplicationError, Invalid
 from threads.middleware import scope_user
+from threads.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +26,37 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_BIG = 1009
 
 
-class EventsConsumer(AsyncWebsocketConsumer):
+class HubSocket(AsyncWebsocketConsumer):
+    """What every Threadline socket (this one, AI-at-Work's) does the same way: its caller,
+    its frame limit, and no channel of its own."""
+
     # No channel-layer channel per socket: the process's event hub (messaging.events) does the
     # layer work for all its sockets, and a per-socket channel would only add a receive loop
     # and a queue to every connection. An alias that names no layer turns it off.
     channel_layer_alias = "none: sockets use the event hub"
-    subscription: Subscription | None = None
 
-    async def connect(self) -> None:
+    async def caller(self) -> User | None:
+        """The signed-in user; otherwise the socket is closed (4401) and None returned."""
         user = scope_user(self.scope)
         if user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
+        return user
+
+    async def frame_text(self, text_data: str | None, bytes_data: bytes | None) -> str | None:
+        """A received frame as text; a frame over MAX_FRAME_BYTES closes the socket (1009)."""
+        raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
+        if len(raw.encode()) > MAX_FRAME_BYTES:
+            await self.close(code=CLOSE_TOO_BIG)
+            return None
+        return raw
+
+
+class EventsConsumer(HubSocket):
+    subscription: Subscription | None = None
+
+    async def connect(self) -> None:
+        user = await self.caller()
+        if user is None:
             return
         await self.accept()
         self.subscription = Subscription(user=user, send=self._send_text)
@@ -52,9 +73,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.subscription is None:
             return
-        raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
-        if len(raw.encode()) > MAX_FRAME_BYTES:
-            await self.close(code=CLOSE_TOO_BIG)
+        raw = await self.frame_text(text_data, bytes_data)
+        if raw is None:
             return
         try:
             frame = json.loads(raw)

@@ -73,26 +73,29 @@ class MeApi(APIView):
         return Response(self.OutputSerializer(data).data)
 
 
+class ThreadSettingsInput(StrictInputSerializer):
+    """What a thread's creator sets, at creation or later."""
+
+    title = StrictCharField(required=False, allow_blank=True, max_length=MAX_TITLE)
+    topicIds = serializers.ListField(
+        child=StrictCharField(max_length=ID_MAX_LENGTH),
+        required=False,
+        max_length=MAX_LIST,
+    )
+    sessionPrompt = StrictCharField(required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT)
+    aiReply = StrictBooleanField(
+        required=False, help_text="The AI answers every message unless a post says reply=false."
+    )
+
+
 class ThreadListCreateApi(APIView):
-    class InputSerializer(StrictInputSerializer):
+    class InputSerializer(ThreadSettingsInput):
         id = ClientIdField(required=False)
-        title = StrictCharField(required=False, allow_blank=True, max_length=MAX_TITLE)
         userIds = serializers.ListField(
             child=StrictCharField(max_length=150),
             required=False,
             max_length=MAX_LIST,
             help_text="Members to add besides the caller: user ids or usernames.",
-        )
-        topicIds = serializers.ListField(
-            child=StrictCharField(max_length=ID_MAX_LENGTH),
-            required=False,
-            max_length=MAX_LIST,
-        )
-        sessionPrompt = StrictCharField(
-            required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
-        )
-        aiReply = StrictBooleanField(
-            required=False, help_text="The AI answers every message unless a post says reply=false."
         )
 
     class ListOutputSerializer(serializers.Serializer):
@@ -152,19 +155,8 @@ class ThreadListCreateApi(APIView):
 
 
 class ThreadDetailApi(APIView):
-    class InputSerializer(StrictInputSerializer):
-        title = StrictCharField(required=False, allow_blank=True, max_length=MAX_TITLE)
-        topicIds = serializers.ListField(
-            child=StrictCharField(max_length=ID_MAX_LENGTH),
-            required=False,
-            max_length=MAX_LIST,
-        )
-        sessionPrompt = StrictCharField(
-            required=False, allow_blank=True, max_length=MAX_SESSION_PROMPT
-        )
-        aiReply = StrictBooleanField(
-            required=False, help_text="The AI answers every message unless a post says reply=false."
-        )
+    class InputSerializer(ThreadSettingsInput):
+        pass
 
     @extend_schema(responses=ThreadOutput, summary="Read a thread")
     def get(self, request: Request, thread_id: str) -> Response:

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
@@ -50,10 +49,10 @@ from agents.services.conversation import Posted
 from chatproject.api import api_exception_handler, request_user
 from messaging import services
 from messaging.compat.common import ReplyListener
+from messaging.consumers import HubSocket
 from messaging.uploads import upload_limit_install
 from threads import selectors as thread_selectors
 from threads.errors import ApplicationError, Invalid
-from threads.middleware import scope_user
 from threads.models import Thread, User
 from threads.permissions import Perm, require_perm
 
@@ -69,10 +68,7 @@ GET_BALANCE = 6
 
 NEW_SESSION = "NEW"
 SESSION_NAME_CHARS = 20  # the original named a session after the first 20 characters
-MAX_FRAME_BYTES = 64 * 1024
 MAX_SESSION_PROMPT = 20_000
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_TOO_BIG = 1009
 
 
 class FrameError(Exception):
@@ -198,15 +194,12 @@ def _session_name(thread_id: str) -> str:
 # --- the socket ------------------------------------------------------------------------------
 
 
-class AIAtWorkConsumer(AsyncWebsocketConsumer):
-    # As messaging.consumers: events come through the process's hub, not a channel per socket.
-    channel_layer_alias = "none: sockets use the event hub"
+class AIAtWorkConsumer(HubSocket):
     user: User | None = None
 
     async def connect(self) -> None:
-        user = scope_user(self.scope)
+        user = await self.caller()
         if user is None:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user = user
         self.replies: set[asyncio.Task[None]] = set()
@@ -234,9 +227,8 @@ class AIAtWorkConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.user is None:
             return
-        raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", "replace")
-        if len(raw.encode()) > MAX_FRAME_BYTES:
-            await self.close(code=CLOSE_TOO_BIG)
+        raw = await self.frame_text(text_data, bytes_data)
+        if raw is None:
             return
         try:
             frame = json.loads(raw)
