@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from threads.authentication import token_from_header
-from threads.errors import ApplicationError, Invalid
+from threads.errors import ApplicationError, Invalid, retry_after_headers
 from threads.ids import CLIENT_ID_PATTERN, ID_MAX_LENGTH
 from threads.models import User
 
@@ -55,7 +55,11 @@ def error_body(code: str, message: str, fields: dict[str, Any] | None = None) ->
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
-        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+        return Response(
+            error_body(exc.code, exc.message, exc.fields),
+            status=exc.status,
+            headers=retry_after_headers(exc),
+        )
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("too_large", "The request body is too large."), status=413)
     if isinstance(exc, Http404):
@@ -180,9 +184,15 @@ ERROR_DESCRIPTIONS = {
     409: "Conflict: a client-chosen id already in use, or a state that refuses the action.",
     413: "The request body is too large.",
     415: "Unsupported media type: the body is not in the content type this operation reads.",
-    429: "Too many requests: throttled.",
+    429: "Too many requests: a rate limit, the caller's reply queue or a budget refuses this "
+    "for now (the code says which); `Retry-After` gives the seconds to wait.",
 }
 
+
+RETRY_AFTER_HEADER = {
+    "schema": {"type": "integer", "minimum": 1},
+    "description": "Seconds until the refused request may succeed.",
+}
 
 DEFAULT_PAGE_LIMIT = 50
 
@@ -220,6 +230,8 @@ class AutoSchema(SpectacularAutoSchema):
                     **self._get_response_for_code(ErrorOutput, code),
                     "description": ERROR_DESCRIPTIONS[status_code],
                 }
+                if status_code == 429:
+                    responses[code]["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
         return operation
 
     def error_statuses(self, operation: dict[str, Any]) -> list[int]:
@@ -242,7 +254,7 @@ class AutoSchema(SpectacularAutoSchema):
             statuses.add(409)  # a client-chosen id taken, or a state that refuses the action
         if has_body:
             statuses |= {413, 415}  # chatproject.limits.BodySizeLimit, DATA_UPLOAD_MAX_MEMORY_SIZE
-        if self.view.get_throttles():
+        if self.view.get_throttles() or self.method in getattr(self.view, "too_many_requests_on", ()):
             statuses.add(429)
         return sorted(statuses)
 

@@ -28,7 +28,7 @@ from chatproject.api import error_body
 from messaging.events import TRANSIENT_TYPES
 from messaging.streams import MAX_THREADS_PER_CONNECTION, Subscription
 from threads.authentication import token_from_header, user_from_token
-from threads.errors import ApplicationError, Invalid
+from threads.errors import ApplicationError, Invalid, retry_after_headers
 from threads.models import User
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,11 @@ def csrf_failure(request: HttpRequest) -> JsonResponse | None:
 
 
 def error_response(exc: ApplicationError) -> JsonResponse:
-    return JsonResponse(error_body(exc.code, exc.message, exc.fields), status=exc.status)
+    return JsonResponse(
+        error_body(exc.code, exc.message, exc.fields),
+        status=exc.status,
+        headers=retry_after_headers(exc),
+    )
 
 
 async def events_stream(request: HttpRequest) -> HttpResponseBase:

@@ -15,6 +15,16 @@ from threads import services as thread_services
 from threads.models import Thread, ThreadMembership, User
 
 
+@pytest.fixture(autouse=True)
+def fresh_cache() -> None:
+    """Every test starts with an empty cache: rate-limit counters, the group-limit cache and
+    budget figures live there, and one test's counts must not refuse the next test's request."""
+    from django.core.cache import caches
+
+    for cache in caches.all(initialized_only=True):
+        cache.clear()
+
+
 @dataclass
 class Cast:
     alice: User

@@ -3,6 +3,7 @@ its own wire shape; the REST one is `{"error": {"code", "message", "fields"}}`."
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -39,3 +40,42 @@ class Conflict(ApplicationError):
 class TooLarge(ApplicationError):
     status = 413
     code = "too_large"
+
+
+class TooManyRequests(ApplicationError):
+    """A refusal the caller can retry later: `retry_after` whole seconds, at least 1, which every
+    door sends its own way (the `Retry-After` header, a socket frame's `retryAfter`)."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(
+        self, message: str, *, retry_after: float, fields: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, fields=fields)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
+class RateLimited(TooManyRequests):
+    """Too many requests of one kind in a window (chatproject.rates)."""
+
+    code = "rate_limited"
+
+
+class ReplyQueueFull(TooManyRequests):
+    """The caller already has as many AI replies waiting as a user may queue."""
+
+    code = "reply_queue_full"
+
+
+class BudgetExceeded(TooManyRequests):
+    """A reply could spend past a daily or monthly budget; `retry_after` is when it resets."""
+
+    code = "budget_exceeded"
+
+
+def retry_after_headers(exc: ApplicationError) -> dict[str, str]:
+    """The `Retry-After` header of a refusal that has one, for every HTTP door."""
+    if isinstance(exc, TooManyRequests):
+        return {"Retry-After": str(exc.retry_after)}
+    return {}

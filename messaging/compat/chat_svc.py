@@ -54,7 +54,7 @@ from messaging.sse import (
 from messaging.streams import MAX_THREADS_PER_CONNECTION, Subscription
 from threads import selectors as thread_selectors
 from threads.authentication import BearerTokenAuthentication
-from threads.errors import ApplicationError, Forbidden, Invalid, NotFound
+from threads.errors import ApplicationError, Forbidden, Invalid, NotFound, retry_after_headers
 from threads.ids import ID_MAX_LENGTH
 from threads.models import Thread, User
 from threads.permissions import Perm, has_perm, require_perm
@@ -95,8 +95,8 @@ def chat_message_json(message: Message | MessageRow) -> dict[str, Any]:
     }
 
 
-def chat_svc_error(message: str, status: int) -> JsonResponse:
-    return JsonResponse({"error": message}, status=status)
+def chat_svc_error(message: str, status: int, headers: dict[str, str] | None = None) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status, headers=headers)
 
 
 def chat_svc_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -414,7 +414,7 @@ async def events(request: HttpRequest) -> HttpResponseBase:
             await subscription.subscribe(thread_id)
     except ApplicationError as exc:
         await subscription.close()
-        return chat_svc_error(exc.message, exc.status)
+        return chat_svc_error(exc.message, exc.status, retry_after_headers(exc))
 
     async def shape(event: dict[str, Any], text: str) -> str | None:
         thread_id = str(event.get("threadId"))
