@@ -112,7 +112,9 @@ def rate_take(*, limit: Limit, key: str, rate: str) -> None:
         return
     if usage is None or not usage["should_limit"]:
         return
-    retry_after = max(1, int(usage["time_left"]))
+    # django-ratelimit's window still holds at its last second (time_left 0): the next window
+    # starts one second after it.
+    retry_after = max(1, int(usage["time_left"]) + 1)
     raise RateLimited(
         f"{_REFUSALS[limit]}: at most {describe(rate)}. Try again in {retry_after} s.",
         retry_after=retry_after,
