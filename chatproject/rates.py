@@ -15,6 +15,8 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
 from chatproject.api import error_body
@@ -51,6 +53,9 @@ class AddressRateLimitMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
+        # Counting in process memory (the embedded profile) is a dict update: done on the event
+        # loop. Over Redis it is a network round trip, which must not block the loop.
+        self._counts_in_memory = isinstance(caches[settings.RATELIMIT_USE_CACHE], LocMemCache)
         self._is_async = iscoroutinefunction(get_response)
         if self._is_async:
             markcoroutinefunction(self)
@@ -67,9 +72,10 @@ class AddressRateLimitMiddleware:
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         if settings.RATE_LIMITS and request.path.startswith(API_PATHS):
-            # On a worker thread: with Redis the count is a network round trip, which must not
-            # block the event loop.
-            refused = await sync_to_async(_refusal, thread_sensitive=False)(request)
+            if self._counts_in_memory:
+                refused = _refusal(request)
+            else:
+                refused = await sync_to_async(_refusal, thread_sensitive=False)(request)
             if refused is not None:
                 return refused
         response: HttpResponseBase = await self.get_response(request)

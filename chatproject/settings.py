@@ -417,7 +417,17 @@ CACHES: dict[str, Any] = {
         {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
-    )
+    ),
+    # The rate-limit counters: in Redis shared by every process (with a one-round-trip incr,
+    # chatproject/ratecache.py), in process memory on the embedded profile.
+    "rates": (
+        {"BACKEND": "chatproject.ratecache.CounterRedisCache", "LOCATION": REDIS_URL}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "rates"}
+    ),
+    # This process's own: what is cheap to recompute and may be a little stale (a user's
+    # effective rate limits), kept without a network round trip.
+    "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "local"},
 }
 
 # Rate limits (threads.rates; docs/limits.md, "Rate limits"), counted in the cache above: shared
@@ -435,7 +445,7 @@ RATE_LIMIT_IP_REQUESTS = env_rate("RATE_LIMIT_IP_REQUESTS", "1200/m")
 RATE_LIMIT_IP_WS_CONNECTS = env_rate("RATE_LIMIT_IP_WS_CONNECTS", "120/m")
 # How long a user's effective rates (their groups' overrides) are cached.
 RATE_LIMIT_GROUP_CACHE_SECONDS = env_int("RATE_LIMIT_GROUP_CACHE_SECONDS", 30, minimum=1)
-RATELIMIT_USE_CACHE = "default"
+RATELIMIT_USE_CACHE = "rates"
 # A cache that cannot count lets requests through (threads.rates.rate_take logs it).
 RATELIMIT_FAIL_OPEN = True
 

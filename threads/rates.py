@@ -1,10 +1,10 @@
 """Rate limits: how many requests of one kind a user, or a client address, may make in a window.
 
 The counting is django-ratelimit's core (`get_usage`): fixed windows (each key's window ends at
-its own offset, so not every client's resets in the same second), one counter per key in
-Django's default cache. With REDIS_URL that cache is Redis, so every daphne process counts into
-the same keys and a limit holds across the deployment; the embedded profile counts in process
-memory (LocMem), which is the whole deployment there.
+its own offset, so not every client's resets in the same second), one counter per key in the
+"rates" cache. With REDIS_URL that cache is Redis, so every daphne process counts into the same
+keys and a limit holds across the deployment; the embedded profile counts in process memory
+(LocMem), which is the whole deployment there.
 
 Every attempt that reaches a check counts, a refused one too: the window does not move, so a
 client hammering a refusal waits no longer than one that waits, and it gains nothing either.
@@ -22,7 +22,7 @@ import logging
 from enum import StrEnum
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import caches
 from django_ratelimit.core import get_usage
 
 from threads.errors import RateLimited
@@ -69,8 +69,10 @@ def _user_rates_key(user_id: str) -> str:
 
 def user_rates(*, user: User) -> dict[str, str]:
     """The rates that apply to `user`: for each limit, the most generous one among the groups
-    that set it, else the default. Cached for RATE_LIMIT_GROUP_CACHE_SECONDS (a change in the
-    admin reaches users within that time), so a request costs no query for it."""
+    that set it, else the default. Cached in this process for RATE_LIMIT_GROUP_CACHE_SECONDS
+    (a change in the admin reaches the other processes within that time), so a request costs
+    neither a query nor a round trip for it."""
+    cache = caches["local"]
     key = _user_rates_key(user.pk)
     rates: dict[str, str] | None = cache.get(key)
     if rates is None:
@@ -87,8 +89,9 @@ def user_rates(*, user: User) -> dict[str, str]:
 
 
 def user_rates_forget(*, user_ids: list[str]) -> None:
-    """Drop cached rates (the admin calls this for a group's members when its limits change)."""
-    cache.delete_many([_user_rates_key(user_id) for user_id in user_ids])
+    """Drop cached rates in this process (the admin calls this for a group's members when its
+    limits change; other processes see the change when their copies expire)."""
+    caches["local"].delete_many([_user_rates_key(user_id) for user_id in user_ids])
 
 
 def rate_take(*, limit: Limit, key: str, rate: str) -> None:

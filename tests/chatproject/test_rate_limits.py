@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
 from django.contrib.auth.models import Group
-from django.core.cache import cache
+from django.core.cache import caches
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
 from django.test import Client
@@ -356,9 +357,25 @@ def test_a_failing_cache_lets_requests_through(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("the cache is down")
 
-    monkeypatch.setattr(cache, "add", broken)
+    monkeypatch.setattr(caches["rates"], "add", broken)
     assert post(cast, cast.alice, "one").status_code == 201
     assert post(cast, cast.alice, "two").status_code == 201
+
+
+@pytest.mark.skipif(not django_settings.REDIS_URL, reason="the Redis profile's counter cache")
+def test_the_redis_counter_cache_counts_in_one_key_with_a_lifetime() -> None:
+    counters = caches["rates"]
+    assert type(counters).__name__ == "CounterRedisCache"
+    assert counters.add("rl:test", 1, 60)
+    assert counters.incr("rl:test") == 2
+    assert counters.incr("rl:test") == 3
+    client = counters._cache.get_client(write=True)  # type: ignore[attr-defined]
+    key = counters.make_and_validate_key("rl:test")
+    assert 0 < client.ttl(key) <= 60  # the add's lifetime, kept
+    # A key gone between add and incr (it expired) comes back with a lifetime, not forever.
+    client.delete(key)
+    assert counters.incr("rl:test") == 1
+    assert client.ttl(key) > 0
 
 
 # --- the compat doors (HTTP) --------------------------------------------------------------------
