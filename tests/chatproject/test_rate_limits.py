@@ -363,19 +363,41 @@ def test_a_failing_cache_lets_requests_through(
 
 
 @pytest.mark.skipif(not django_settings.REDIS_URL, reason="the Redis profile's counter cache")
-def test_the_redis_counter_cache_counts_in_one_key_with_a_lifetime() -> None:
+def test_the_redis_counter_cache_counts_once_per_request_with_a_lifetime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     counters = caches["rates"]
     assert type(counters).__name__ == "CounterRedisCache"
-    assert counters.add("rl:test", 1, 60)
-    assert counters.incr("rl:test") == 2
-    assert counters.incr("rl:test") == 3
     client = counters._cache.get_client(write=True)  # type: ignore[attr-defined]
     key = counters.make_and_validate_key("rl:test")
-    assert 0 < client.ttl(key) <= 60  # the add's lifetime, kept
-    # A key gone between add and incr (it expired) comes back with a lifetime, not forever.
+    sent: list[str] = []
+    execute = type(client.pipeline()).execute
+
+    def counting(pipeline: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append("round trip")
+        return execute(pipeline, *args, **kwargs)
+
+    monkeypatch.setattr(type(client.pipeline()), "execute", counting)
+    # django-ratelimit's calls for one counted request: add, and incr when the key was there.
+    assert counters.add("rl:test", 1, 60) is True  # new: the count is 1
+    assert counters.add("rl:test", 1, 60) is False
+    assert counters.incr("rl:test") == 2  # the add's count, not a second increment
+    assert counters.add("rl:test", 1, 60) is False
+    assert counters.incr("rl:test") == 3
+    assert sent == ["round trip"] * 3
+    assert int(client.get(key)) == 3
+    assert 0 < client.ttl(key) <= 60  # the first add's lifetime, kept
+    # An incr of its own is a real one; a key gone in between comes back with a lifetime.
+    assert counters.incr("rl:test") == 4
     client.delete(key)
     assert counters.incr("rl:test") == 1
     assert client.ttl(key) > 0
+
+
+@pytest.mark.skipif(not django_settings.REDIS_URL, reason="the Redis profile's counter cache")
+def test_the_redis_counter_cache_refuses_at_the_limit(cast: Cast, limits: Any) -> None:
+    limits.RATE_LIMIT_POSTS = "3/m"
+    assert [post(cast, cast.alice).status_code for _ in range(4)] == [201, 201, 201, 429]
 
 
 # --- the compat doors (HTTP) --------------------------------------------------------------------
