@@ -32,6 +32,12 @@ from bench.common import machine_line, pg_recreate, setup_django, summary, table
 BLOCK = 50
 GOAL_P50_MS = 0.3
 GOAL_SHARE = 0.05
+# Written from profiling the same set-up (not recomputed by each run): what the table's Redis
+# figures are made of.
+NOTES = [
+    "",
+    "Where the Redis figures go (profiled in the same set-up, not in this table): a count is one Redis round trip (`chatproject/ratecache.py`), about 0.1 ms alone on an idle loop; inside a request on this loaded machine it took 0.25–0.4 ms, mostly redis-py's own Python per command (no hiredis parser is installed). The address count adds a hop to a worker thread (so that a network wait never blocks the event loop), which cost 0.4–0.7 ms here; counting on the loop instead measured about 0 ms added to the GET in a trial run, at the price of blocking every socket and request of the process while Redis answers (or stalls). Kept off the loop.",
+]
 
 
 def run_profile(profile: str, requests: int) -> dict[str, Any]:
@@ -122,6 +128,7 @@ def main() -> None:
         print(json.dumps(run_profile(args.profile, args.requests)))
         return
 
+    load_before = os.getloadavg()[0]
     profiles = ["locmem", "redis"] if args.profile == "both" else [args.profile]
     results = []
     for profile in profiles:
@@ -185,7 +192,9 @@ def main() -> None:
             "user's post count, with the user's group rates cached; the GET is `/api/v1/me/`, "
             "the per-address count only. locmem: the embedded profile's cache on SQLite; redis: "
             "the production profile's Redis cache (local server) on PostgreSQL. Milliseconds.",
-            machine_line(),
+            machine_line()
+            + f" Load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} "
+            "at the end: the machine was shared with other work, which widens every figure.",
             "",
             table(
                 [
@@ -203,6 +212,7 @@ def main() -> None:
             ),
             "",
             *verdicts,
+            *NOTES,
         ]
     )
     print(body)
