@@ -188,6 +188,10 @@ ERROR_DESCRIPTIONS = {
     "for now (the code says which); `Retry-After` gives the seconds to wait.",
 }
 
+ADDRESS_RATE_DESCRIPTION = (
+    "Too many requests from the caller's address (the per-address API rate limit); "
+    "`Retry-After` gives the seconds to wait."
+)
 
 RETRY_AFTER_HEADER = {
     "schema": {"type": "integer", "minimum": 1},
@@ -232,7 +236,17 @@ class AutoSchema(SpectacularAutoSchema):
                 }
                 if status_code == 429:
                     responses[code]["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+                    if not self.refuses_for_the_caller():
+                        responses[code]["description"] = ADDRESS_RATE_DESCRIPTION
         return operation
+
+    def refuses_for_the_caller(self) -> bool:
+        """Whether the view declares a 429 of its own: a per-user rate, the reply queue or a
+        budget (the `too_many_requests_on` methods), beyond the address limit every request
+        has."""
+        return bool(self.view.get_throttles()) or self.method in getattr(
+            self.view, "too_many_requests_on", ()
+        )
 
     def error_statuses(self, operation: dict[str, Any]) -> list[int]:
         """The error statuses this operation can answer, read from what it declares: the
@@ -254,9 +268,10 @@ class AutoSchema(SpectacularAutoSchema):
             statuses.add(409)  # a client-chosen id taken, or a state that refuses the action
         if has_body:
             statuses |= {413, 415}  # chatproject.limits.BodySizeLimit, DATA_UPLOAD_MAX_MEMORY_SIZE
-        refusing = getattr(self.view, "too_many_requests_on", ())
-        if self.view.get_throttles() or self.method in refusing:
-            statuses.add(429)  # a rate limit, the reply queue or a budget (threads.errors)
+        # Every API request counts against its client address's rate (chatproject.rates), so
+        # any operation may answer 429; the views whose own work is also limited per user (or
+        # queued, or budgeted) declare it (too_many_requests_on), and their 429 says so.
+        statuses.add(429)
         return sorted(statuses)
 
 

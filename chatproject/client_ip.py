@@ -10,6 +10,8 @@ client's own claims and are never used. With no trusted proxy the header is not 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -17,15 +19,27 @@ from django.http import HttpRequest
 
 def client_ip(request: HttpRequest) -> str | None:
     """The client's IP address, or None when the server does not know it (a Unix socket)."""
-    remote = _valid(request.META.get("REMOTE_ADDR", ""))
+    return address_from(
+        request.META.get("REMOTE_ADDR", ""), request.META.get("HTTP_X_FORWARDED_FOR", "")
+    )
+
+
+def scope_client_ip(scope: Mapping[str, Any]) -> str | None:
+    """The same for an ASGI scope (a WebSocket's): its `client` and X-Forwarded-For header."""
+    client = scope.get("client") or ("", 0)
+    forwarded = b",".join(
+        value for name, value in scope.get("headers", ()) if name == b"x-forwarded-for"
+    )
+    return address_from(str(client[0] or ""), forwarded.decode("latin-1"))
+
+
+def address_from(remote_addr: str, forwarded_for: str) -> str | None:
+    """The client's address from the connection's peer and the X-Forwarded-For it carried."""
+    remote = _valid(remote_addr)
     count = settings.TRUSTED_PROXY_COUNT
     if not count:
         return remote
-    forwarded = [
-        entry.strip()
-        for entry in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
-        if entry.strip()
-    ]
+    forwarded = [entry.strip() for entry in forwarded_for.split(",") if entry.strip()]
     if not forwarded:
         return remote
     # The same choice as DRF's NUM_PROXIES, so the login lockout and the throttles agree. A

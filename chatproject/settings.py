@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
+from threads.ratespec import parse_rate
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # CrewAI phones home unless told not to; nothing leaves the machine unless the operator says so.
@@ -78,6 +80,16 @@ def env_decimal(name: str, default: str) -> Decimal:
         return Decimal(raw)
     except InvalidOperation as exc:
         raise ImproperlyConfigured(f"{name} must be a decimal number, got {raw!r}") from exc
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate limit, COUNT/PERIOD ("60/m", "10/5m", "1000/d") or "off"."""
+    value = env_str(name, default).strip() or default
+    try:
+        parse_rate(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from exc
+    return value
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -166,6 +178,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "chatproject.middleware.AsyncWhiteNoiseMiddleware",
+    # Before sessions and authentication: a flood from one address is refused for the price of
+    # one counter (chatproject/rates.py; API paths only).
+    "chatproject.rates.AddressRateLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -402,8 +417,37 @@ CACHES: dict[str, Any] = {
         {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
-    )
+    ),
+    # The rate-limit counters: in Redis shared by every process (with a one-round-trip incr,
+    # chatproject/ratecache.py), in process memory on the embedded profile.
+    "rates": (
+        {"BACKEND": "chatproject.ratecache.CounterRedisCache", "LOCATION": REDIS_URL}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "rates"}
+    ),
+    # This process's own: what is cheap to recompute and may be a little stale (a user's
+    # effective rate limits), kept without a network round trip.
+    "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "local"},
 }
+
+# Rate limits (threads.rates; docs/limits.md, "Rate limits"), counted in the cache above: shared
+# by every process with Redis, in process memory on the embedded profile. Per user, each
+# overridable per group in the admin (Group limits; the most generous of a user's groups wins):
+RATE_LIMITS = env_bool("RATE_LIMITS", True)
+RATE_LIMIT_POSTS = env_rate("RATE_LIMIT_POSTS", "60/m")  # messages posted, with or without reply
+RATE_LIMIT_REPLIES = env_rate("RATE_LIMIT_REPLIES", "20/m")  # AI replies asked for, regenerates too
+RATE_LIMIT_UPLOADS = env_rate("RATE_LIMIT_UPLOADS", "30/m")
+RATE_LIMIT_WS_CONNECTS = env_rate("RATE_LIMIT_WS_CONNECTS", "30/m")
+RATE_LIMIT_WS_SUBSCRIBES = env_rate("RATE_LIMIT_WS_SUBSCRIBES", "300/m")
+# Per client address (TRUSTED_PROXY_COUNT decides it): every HTTP API request (/api/, /chat-svc/,
+# /upload), and every socket connect. Generous: many people may share one address behind a NAT.
+RATE_LIMIT_IP_REQUESTS = env_rate("RATE_LIMIT_IP_REQUESTS", "1200/m")
+RATE_LIMIT_IP_WS_CONNECTS = env_rate("RATE_LIMIT_IP_WS_CONNECTS", "120/m")
+# How long a user's effective rates (their groups' overrides) are cached.
+RATE_LIMIT_GROUP_CACHE_SECONDS = env_int("RATE_LIMIT_GROUP_CACHE_SECONDS", 30, minimum=1)
+RATELIMIT_USE_CACHE = "rates"
+# A cache that cannot count lets requests through (threads.rates.rate_take logs it).
+RATELIMIT_FAIL_OPEN = True
 
 # --- Auth, sessions, security ----------------------------------------------------------------
 

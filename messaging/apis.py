@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.files.uploadedfile import UploadedFile
-from django.db import transaction
 from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
@@ -15,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents.services import conversation, reply_regenerate, run_stop
+from agents.services import conversation, run_stop
 from chatproject.api import (
     PAGE_LIMIT_PARAM,
     SEQ_AFTER_PARAM,
@@ -92,6 +91,8 @@ class ReplyOutput(serializers.Serializer):
 
 
 class ThreadMessagesApi(APIView):
+    too_many_requests_on = ("POST",)  # the poster's message and reply rates (threads.rates)
+
     class InputSerializer(StrictInputSerializer):
         id = ClientIdField(required=False)
         text = StrictCharField(allow_blank=True, trim_whitespace=False)
@@ -233,6 +234,8 @@ class MessageStopApi(APIView):
 
 
 class MessageRegenerateApi(APIView):
+    too_many_requests_on = ("POST",)  # the reply rate
+
     @extend_schema(
         request=None,
         responses={201: MessageOutput},
@@ -243,13 +246,15 @@ class MessageRegenerateApi(APIView):
         message = selectors.access_message(
             user=user, message_id=message_id, perm=Perm.MESSAGE_CREATE
         )
-        with transaction.atomic():
-            run = reply_regenerate(message=message, actor=user, gateway_token=bearer_token(request))
+        run = conversation.message_regenerate(
+            user=user, message=message, gateway_token=bearer_token(request)
+        )
         return Response(MessageOutput(run.message).data, status=status.HTTP_201_CREATED)
 
 
 class FileUploadApi(APIView):
     parser_classes = [MultiPartParser]
+    too_many_requests_on = ("POST",)  # the upload rate
 
     @extend_schema(
         request={
@@ -271,8 +276,8 @@ class FileUploadApi(APIView):
             raise Invalid(
                 "Send the file in a multipart field named 'file'.", fields={"file": ["Required."]}
             )
-        file = services.file_create(
-            owner=request_user(request),
+        file = conversation.file_upload(
+            user=request_user(request),
             name=upload.name or "file",
             claimed_type=upload.content_type or "",
             stream=upload,

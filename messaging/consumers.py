@@ -11,10 +11,13 @@ import json
 import logging
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from chatproject.client_ip import scope_client_ip
 from messaging.streams import Subscription
-from threads.errors import ApplicationError, Invalid, TooManyRequests
+from threads import rates
+from threads.errors import ApplicationError, Invalid, RateLimited, TooManyRequests
 from threads.middleware import scope_user
 from threads.models import User
 
@@ -24,6 +27,12 @@ MAX_FRAME_BYTES = 64 * 1024
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_BIG = 1009
+CLOSE_TOO_MANY = 4429  # after the refusal's own error frame, which says when to come back
+
+
+def _connect_limits_take(user: User, address: str | None) -> None:
+    rates.address_take(limit=rates.Limit.IP_WS_CONNECTS, address=address)
+    rates.user_take(user=user, limit=rates.Limit.WS_CONNECTS)
 
 
 class HubSocket(AsyncWebsocketConsumer):
@@ -36,11 +45,26 @@ class HubSocket(AsyncWebsocketConsumer):
     channel_layer_alias = "none: sockets use the event hub"
 
     async def caller(self) -> User | None:
-        """The signed-in user; otherwise the socket is closed (4401) and None returned."""
+        """The signed-in user; otherwise the socket is closed (4401) and None returned. A
+        connect over the address's or the user's rate gets the refusal frame (`refuse`) and
+        the close 4429."""
         user = scope_user(self.scope)
         if user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
+            return None
+        try:
+            await database_sync_to_async(_connect_limits_take)(user, scope_client_ip(self.scope))
+        except RateLimited as exc:
+            # Accepted only to say why in the protocol's own error frame, then closed.
+            await self.accept()
+            await self.refuse(exc)
+            await self.close(code=CLOSE_TOO_MANY)
+            return None
         return user
+
+    async def refuse(self, exc: ApplicationError) -> None:
+        """Send the refusal in this protocol's error frame."""
+        raise NotImplementedError
 
     async def frame_text(self, text_data: str | None, bytes_data: bytes | None) -> str | None:
         """A received frame as text; a frame over MAX_FRAME_BYTES closes the socket (1009)."""
@@ -107,7 +131,13 @@ class EventsConsumer(HubSocket):
         last_seq = frame.get("lastSeq")
         if last_seq is not None and (not isinstance(last_seq, int) or isinstance(last_seq, bool)):
             raise Invalid("lastSeq must be an integer.", fields={"lastSeq": ["Not an integer."]})
+        await database_sync_to_async(rates.user_take)(
+            user=self.subscription.user, limit=rates.Limit.WS_SUBSCRIBES
+        )
         await self.subscription.subscribe(thread_id, last_seq, announce=self._announce)
+
+    async def refuse(self, exc: ApplicationError) -> None:
+        await self._error(exc)
 
     async def _announce(self, thread_id: str, seq: int) -> None:
         # Sent once access is granted and before the catch-up events that follow it.

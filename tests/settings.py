@@ -14,3 +14,7 @@ LOGGING["root"] = {"handlers": ["console"], "level": "WARNING"}  # noqa: F405
 # Replies run synchronously at commit, with the scripted test LLM the tests install.
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_BROKER_URL = "memory://"
+
+# Off by default so that no test depends on how many requests the ones before it made; the
+# rate-limit tests turn it on with override_settings(RATE_LIMITS=True).
+RATE_LIMITS = False

@@ -6,8 +6,8 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.http import HttpRequest
 
-from threads import services
-from threads.models import ApiToken, Thread, ThreadMembership, Topic, User
+from threads import rates, services
+from threads.models import ApiToken, GroupLimits, Thread, ThreadMembership, Topic, User
 
 
 @admin.register(User)
@@ -66,3 +66,22 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def revoke(self, request: HttpRequest, queryset: Any) -> None:
         for token in queryset:
             services.token_revoke(token=token)
+
+
+@admin.register(GroupLimits)
+class GroupLimitsAdmin(admin.ModelAdmin):
+    """A group's rate limits where they differ from the RATE_LIMIT_* defaults."""
+
+    list_display = ("group", "posts", "replies", "uploads", "ws_connects", "ws_subscribes")
+    search_fields = ("group__name",)
+    autocomplete_fields = ("group",)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # The members' cached rates would otherwise hold the old ones for a while longer.
+        rates.user_rates_forget(user_ids=list(obj.group.user_set.values_list("pk", flat=True)))
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        members = list(obj.group.user_set.values_list("pk", flat=True))
+        super().delete_model(request, obj)
+        rates.user_rates_forget(user_ids=members)

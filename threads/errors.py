@@ -57,7 +57,8 @@ class TooManyRequests(ApplicationError):
 
 
 class RateLimited(TooManyRequests):
-    """Too many requests of one kind in a window (chatproject.rates)."""
+    """Too many requests of one kind in a window (threads.rates; chatproject.rates for the
+    per-address API limit)."""
 
     code = "rate_limited"
 

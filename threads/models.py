@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from threads.ids import (
@@ -11,6 +12,7 @@ from threads.ids import (
     new_topic_id,
     new_user_id,
 )
+from threads.ratespec import parse_rate
 
 # The ten permissions of 1Backend's Chat Svc, kept under their own names so operators and
 # migrated clients recognise them. They are real Django permissions on the Thread model.
@@ -148,3 +150,55 @@ class ThreadMembership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} in {self.thread_id} ({self.role})"
+
+
+def _validate_rate(value: str) -> None:
+    try:
+        parse_rate(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from exc
+
+
+class GroupLimits(models.Model):
+    """Rate limits for a group's members that differ from the RATE_LIMIT_* defaults. A blank
+    field (blank rather than NULL: Django's convention for text) keeps the default; a member
+    of several groups gets the most generous rate any of them sets (threads.rates.user_rates).
+    """
+
+    RATE_HELP = "COUNT/PERIOD (60/m, 10/5m, 1000/d) or off; blank: the default."
+
+    group = models.OneToOneField(
+        "auth.Group", on_delete=models.CASCADE, primary_key=True, related_name="limits"
+    )
+    posts = models.CharField(
+        max_length=20, blank=True, default="", validators=[_validate_rate], help_text=RATE_HELP
+    )
+    replies = models.CharField(
+        max_length=20, blank=True, default="", validators=[_validate_rate], help_text=RATE_HELP
+    )
+    uploads = models.CharField(
+        max_length=20, blank=True, default="", validators=[_validate_rate], help_text=RATE_HELP
+    )
+    ws_connects = models.CharField(
+        "socket connects",
+        max_length=20,
+        blank=True,
+        default="",
+        validators=[_validate_rate],
+        help_text=RATE_HELP,
+    )
+    ws_subscribes = models.CharField(
+        "socket subscribes",
+        max_length=20,
+        blank=True,
+        default="",
+        validators=[_validate_rate],
+        help_text=RATE_HELP,
+    )
+
+    class Meta:
+        verbose_name = "group limits"
+        verbose_name_plural = "group limits"
+
+    def __str__(self) -> str:
+        return f"Limits of {self.group}"

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from django.db import transaction
 
 from agents.models import AgentRun, AIModel
 from agents.selectors import model_for_request
 from agents.services.artifacts import thread_delete
-from agents.services.replies import reply_request
+from agents.services.replies import reply_regenerate, reply_request
 from messaging import selectors as message_selectors
 from messaging import services as message_services
-from messaging.models import Message
+from messaging.models import File, Message
 from messaging.selectors import MessagePage, MessageRow
+from threads import rates
 from threads import services as thread_services
 from threads.errors import Invalid
 from threads.models import Thread, User
@@ -60,16 +61,58 @@ def message_send(
 
     `reply` None means the thread's aiReply setting. The model is `model` when the door has
     already resolved one (AI-at-Work's legacy numbers), else `model_ref` (an id or name) or the
-    default; a model the user may not use is refused before anything is written.
+    default; a model the user may not use is refused before anything is written, and so is a
+    post over the user's rate limits (RateLimited).
     `gateway_token` is the asker's bearer token, forwarded by the crew's gateway tool.
     """
+    _require_content(text=text, file_ids=file_ids)
+    wants_reply = thread.ai_reply if reply is None else reply
+    model = _reply_model(user=user, wants_reply=wants_reply, model_ref=model_ref, model=model)
+    _post_limits_take(user=user, reply=model is not None)
+    return _post(
+        user=user,
+        thread=thread,
+        text=text,
+        file_ids=file_ids,
+        meta=meta,
+        message_id=message_id,
+        model=model,
+        gateway_token=gateway_token,
+    )
+
+
+def _require_content(*, text: str, file_ids: Sequence[str]) -> None:
     if not text.strip() and not file_ids:
         raise Invalid("A message needs text or files.", fields={"text": ["Blank."]})
-    wants_reply = thread.ai_reply if reply is None else reply
+
+
+def _reply_model(
+    *, user: User, wants_reply: bool, model_ref: str | None, model: AIModel | None
+) -> AIModel | None:
     if not wants_reply:
-        model = None
-    elif model is None:
-        model = model_for_request(user=user, model_ref=model_ref)
+        return None
+    return model if model is not None else model_for_request(user=user, model_ref=model_ref)
+
+
+def _post_limits_take(*, user: User, reply: bool) -> None:
+    # Counted after the checks that need no count (content, model) and before any write, so a
+    # refusal leaves no message, no reservation and no queued run.
+    rates.user_take(user=user, limit=rates.Limit.POSTS)
+    if reply:
+        rates.user_take(user=user, limit=rates.Limit.REPLIES)
+
+
+def _post(
+    *,
+    user: User,
+    thread: Thread,
+    text: str,
+    file_ids: Sequence[str],
+    meta: dict[str, Any] | None,
+    message_id: str | None,
+    model: AIModel | None,
+    gateway_token: str | None,
+) -> Posted:
     with transaction.atomic():
         message, created = message_services.message_post(
             thread=thread,
@@ -89,6 +132,25 @@ def message_send(
                 gateway_token=gateway_token,
             )
     return Posted(message=message, created=created, run=run)
+
+
+def message_regenerate(
+    *, user: User, message: Message, gateway_token: str | None = None
+) -> AgentRun:
+    """Answer the question of the AI reply `message` again, as a new AI message: an AI reply
+    like any other, so it counts against the user's reply rate."""
+    rates.user_take(user=user, limit=rates.Limit.REPLIES)
+    with transaction.atomic():
+        return reply_regenerate(message=message, actor=user, gateway_token=gateway_token)
+
+
+def file_upload(*, user: User, name: str, claimed_type: str, stream: IO[bytes], size: int) -> File:
+    """Store `user`'s upload (the first half of a post with an attachment), within the user's
+    upload rate: a refused upload stores nothing."""
+    rates.user_take(user=user, limit=rates.Limit.UPLOADS)
+    return message_services.file_create(
+        owner=user, name=name, claimed_type=claimed_type, stream=stream, size=size
+    )
 
 
 def message_revise(*, user: User, message: Message, text: str) -> Message:
@@ -152,19 +214,24 @@ def session_post(
 ) -> tuple[Thread, Posted, bool]:
     """Post to the caller's session `session_id` (or, None, to a new one named `title`) and ask
     for the reply; (thread, posted, whether the session is new). A new session and its first
-    message are one transaction: a refused message or reply leaves no empty session behind."""
+    message are one transaction: a refused message or reply leaves no empty session behind,
+    and the rate limits are checked before either is written."""
+    _require_content(text=text, file_ids=file_ids)
+    model = _reply_model(user=user, wants_reply=True, model_ref=model_ref, model=model)
+    _post_limits_take(user=user, reply=True)
     with transaction.atomic():
         thread, created = session_open(
             user=user, session_id=session_id, title=title, session_prompt=session_prompt
         )
-        posted = message_send(
+        posted = _post(
             user=user,
             thread=thread,
             text=text,
             file_ids=file_ids,
-            reply=True,
-            model_ref=model_ref,
+            meta=None,
+            message_id=None,
             model=model,
+            gateway_token=None,
         )
     return thread, posted, created
 

@@ -47,7 +47,6 @@ from agents.selectors import balance_of, model_for_legacy_request, models_for_us
 from agents.services import conversation
 from agents.services.conversation import Posted
 from chatproject.api import api_exception_handler, request_user
-from messaging import services
 from messaging.compat.common import ReplyListener
 from messaging.consumers import HubSocket
 from messaging.uploads import upload_limit_install
@@ -334,6 +333,9 @@ class AIAtWorkConsumer(HubSocket):
         finally:
             await listener.close()
 
+    async def refuse(self, exc: ApplicationError) -> None:
+        await self._error(exc.message)
+
     async def _send(self, code: int, data: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps({"type": code, "data": data}, ensure_ascii=False))
 
@@ -383,8 +385,8 @@ class UploadApi(APIView):
                 session_id=None if session_id == NEW_SESSION else session_id,
                 session_prompt=prompt,
             )
-            file = services.file_create(
-                owner=user,
+            file = conversation.file_upload(
+                user=user,
                 name=upload.name or "file",
                 claimed_type=upload.content_type or "",
                 stream=upload,

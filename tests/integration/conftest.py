@@ -86,6 +86,7 @@ class Live:
     a: Server
     b: Server
     tokens: dict[str, str]
+    env: dict[str, str]  # the servers' environment, for a test that starts more of them
     user_ids: dict[str, str] = field(default_factory=dict)
 
     def headers(self, user: str) -> dict[str, str]:
@@ -175,6 +176,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             REDIS_URL=REDIS_URL,
             VAR_DIR=str(var_dir),
             PYTHONUNBUFFERED="1",
+            # Every request here comes from 127.0.0.1 and the counters live in the shared
+            # Redis: limits on would make each test's answers depend on the ones before it.
+            # test_rate_limits_shared.py starts its own servers with them on.
+            RATE_LIMITS="0",
         )
         _run(["migrate", "--noinput"], env)
         servers = [_start_daphne(name, env, var_dir) for name in ("a", "b")]
@@ -183,7 +188,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             tokens = {user: out.strip() for user, out in zip(USERS, issued, strict=True)}
         for server in servers:
             _wait_healthy(server)
-        state = Live(a=servers[0], b=servers[1], tokens=tokens)
+        state = Live(a=servers[0], b=servers[1], tokens=tokens, env=env)
         for user in USERS:
             me = httpx.get(f"{state.a.http}/api/v1/me/", headers=state.headers(user), timeout=5)
             assert me.status_code == 200, me.text
