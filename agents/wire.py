@@ -2,7 +2,7 @@
 
 Declared once, as ArtifactOutput: the REST views answer with it, the chatArtifactAdded event
 and a reply's artifact list carry what `artifact_json` makes with it, and the OpenAPI schema is
-generated from the same fields.
+generated from the same fields. BudgetOutput likewise for GET /me/'s budgets.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from agents.models import Artifact
+from agents.models import Artifact, Budget
+from agents.selectors import BudgetState
 from threads.wire import WireSerializer
 
 
@@ -41,3 +42,39 @@ _ARTIFACT = ArtifactOutput()
 
 def artifact_json(artifact: Artifact) -> dict[str, Any]:
     return _ARTIFACT.to_representation(artifact)
+
+
+class BudgetOutput(serializers.Serializer):
+    """One budget that applies to the caller and what it has left this period (GET /me/)."""
+
+    scope = serializers.ChoiceField(
+        choices=["user", "group"], help_text="user: the caller's own; group: shared by a group"
+    )
+    group = serializers.CharField(
+        allow_null=True, help_text="The group's name for a group budget, else null."
+    )
+    period = serializers.ChoiceField(choices=Budget.Period.choices)
+    limit = serializers.CharField(allow_null=True, help_text="Money (Decimal string); null: none.")
+    spent = serializers.CharField(help_text="Charged plus held by unfinished replies, this period.")
+    remaining = serializers.CharField(allow_null=True, help_text="Decimal string; null: no limit.")
+    tokenLimit = serializers.IntegerField(allow_null=True)
+    tokensSpent = serializers.IntegerField()
+    tokensRemaining = serializers.IntegerField(allow_null=True)
+    resetsAt = serializers.DateTimeField(help_text="When the period starts again (TIME_ZONE).")
+
+
+def budget_fields(state: BudgetState) -> dict[str, Any]:
+    """What BudgetOutput writes a budget from (it is nested in the /me/ shape)."""
+    limit = state.limit
+    return {
+        "scope": limit.scope,
+        "group": limit.group_name or None,
+        "period": limit.period,
+        "limit": None if limit.amount is None else str(limit.amount),
+        "spent": str(state.spent),
+        "remaining": None if state.remaining is None else str(state.remaining),
+        "tokenLimit": limit.tokens,
+        "tokensSpent": state.tokens_spent,
+        "tokensRemaining": state.tokens_remaining,
+        "resetsAt": state.resets_at,
+    }
