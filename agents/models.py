@@ -180,22 +180,28 @@ class Budget(models.Model):
                 condition=Q(user__isnull=False, group__isnull=True)
                 | Q(user__isnull=True, group__isnull=False),
                 name="budget_user_xor_group",
+                violation_error_message="A budget is for one user or for one group.",
             ),
             models.CheckConstraint(
                 condition=Q(amount__isnull=False) | Q(tokens__isnull=False),
                 name="budget_has_a_limit",
+                violation_error_message="Set an amount, a number of tokens, or both.",
             ),
             models.CheckConstraint(
                 condition=Q(amount__isnull=True) | Q(amount__gte=0),
                 name="budget_amount_not_negative",
             ),
             models.UniqueConstraint(
-                fields=["user", "period"], condition=Q(user__isnull=False), name="budget_user_once"
+                fields=["user", "period"],
+                condition=Q(user__isnull=False),
+                name="budget_user_once",
+                violation_error_message="This user already has a budget for this period.",
             ),
             models.UniqueConstraint(
                 fields=["group", "period"],
                 condition=Q(group__isnull=False),
                 name="budget_group_once",
+                violation_error_message="This group already has a budget for this period.",
             ),
         ]
 

@@ -7,12 +7,14 @@ generated from the same fields. BudgetOutput likewise for GET /me/'s budgets.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from rest_framework import serializers
 
 from agents.models import Artifact, Budget
 from agents.selectors import BudgetState
+from agents.services.ledger import MICRO
 from threads.wire import WireSerializer
 
 
@@ -66,13 +68,18 @@ class BudgetOutput(serializers.Serializer):
 def budget_fields(state: BudgetState) -> dict[str, Any]:
     """What BudgetOutput writes a budget from (it is nested in the /me/ shape)."""
     limit = state.limit
+
+    def money(value: Decimal | None) -> str | None:
+        # Six places, as the ledger keeps them, whether the figure came from a row or a setting.
+        return None if value is None else str(value.quantize(MICRO))
+
     return {
         "scope": limit.scope,
         "group": limit.group_name or None,
         "period": limit.period,
-        "limit": None if limit.amount is None else str(limit.amount),
-        "spent": str(state.spent),
-        "remaining": None if state.remaining is None else str(state.remaining),
+        "limit": money(limit.amount),
+        "spent": money(state.spent),
+        "remaining": money(state.remaining),
         "tokenLimit": limit.tokens,
         "tokensSpent": state.tokens_spent,
         "tokensRemaining": state.tokens_remaining,
