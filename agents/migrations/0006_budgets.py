@@ -6,66 +6,128 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
+    # Only what the new rows refer to: a dependency on messaging's latest migration would let a
+    # test (or an operator) migrating messaging back unapply the budgets with it.
     dependencies = [
-        ('agents', '0005_crew'),
-        ('auth', '0012_alter_user_first_name_max_length'),
-        ('messaging', '0005_message_text_lz4'),
-        ('threads', '0007_topic_is_tag'),
+        ("agents", "0005_crew"),
+        ("auth", "0012_alter_user_first_name_max_length"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Budget',
+            name="Budget",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('period', models.CharField(choices=[('day', 'Day'), ('month', 'Month')], max_length=5)),
-                ('amount', models.DecimalField(blank=True, decimal_places=6, help_text='The most that may be spent in the period. Empty: no money limit.', max_digits=16, null=True)),
-                ('tokens', models.PositiveBigIntegerField(blank=True, help_text='The most tokens (prompt and completion) in the period. Empty: no token limit.', null=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "period",
+                    models.CharField(choices=[("day", "Day"), ("month", "Month")], max_length=5),
+                ),
+                (
+                    "amount",
+                    models.DecimalField(
+                        blank=True,
+                        decimal_places=6,
+                        help_text="The most that may be spent in the period. Empty: no money limit.",
+                        max_digits=16,
+                        null=True,
+                    ),
+                ),
+                (
+                    "tokens",
+                    models.PositiveBigIntegerField(
+                        blank=True,
+                        help_text="The most tokens (prompt and completion) in the period. Empty: no token limit.",
+                        null=True,
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['user', 'group', 'period'],
+                "ordering": ["user", "group", "period"],
             },
         ),
         migrations.AddField(
-            model_name='agentrun',
-            name='reserved_tokens',
+            model_name="agentrun",
+            name="reserved_tokens",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddIndex(
-            model_name='agentrun',
-            index=models.Index(fields=['requested_by', 'created_at'], name='run_asker_created'),
+            model_name="agentrun",
+            index=models.Index(fields=["requested_by", "created_at"], name="run_asker_created"),
         ),
         migrations.AddField(
-            model_name='budget',
-            name='group',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='budgets', to='auth.group'),
+            model_name="budget",
+            name="group",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="budgets",
+                to="auth.group",
+            ),
         ),
         migrations.AddField(
-            model_name='budget',
-            name='user',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='budgets', to=settings.AUTH_USER_MODEL),
+            model_name="budget",
+            name="user",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="budgets",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='budget',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('group__isnull', True), ('user__isnull', False)), models.Q(('group__isnull', False), ('user__isnull', True)), _connector='OR'), name='budget_user_xor_group', violation_error_message='A budget is for one user or for one group.'),
+            model_name="budget",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("group__isnull", True), ("user__isnull", False)),
+                    models.Q(("group__isnull", False), ("user__isnull", True)),
+                    _connector="OR",
+                ),
+                name="budget_user_xor_group",
+                violation_error_message="A budget is for one user or for one group.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='budget',
-            constraint=models.CheckConstraint(condition=models.Q(('amount__isnull', False), ('tokens__isnull', False), _connector='OR'), name='budget_has_a_limit', violation_error_message='Set an amount, a number of tokens, or both.'),
+            model_name="budget",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("amount__isnull", False), ("tokens__isnull", False), _connector="OR"
+                ),
+                name="budget_has_a_limit",
+                violation_error_message="Set an amount, a number of tokens, or both.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='budget',
-            constraint=models.CheckConstraint(condition=models.Q(('amount__isnull', True), ('amount__gte', 0), _connector='OR'), name='budget_amount_not_negative'),
+            model_name="budget",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("amount__isnull", True), ("amount__gte", 0), _connector="OR"),
+                name="budget_amount_not_negative",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='budget',
-            constraint=models.UniqueConstraint(condition=models.Q(('user__isnull', False)), fields=('user', 'period'), name='budget_user_once', violation_error_message='This user already has a budget for this period.'),
+            model_name="budget",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("user__isnull", False)),
+                fields=("user", "period"),
+                name="budget_user_once",
+                violation_error_message="This user already has a budget for this period.",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='budget',
-            constraint=models.UniqueConstraint(condition=models.Q(('group__isnull', False)), fields=('group', 'period'), name='budget_group_once', violation_error_message='This group already has a budget for this period.'),
+            model_name="budget",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("group__isnull", False)),
+                fields=("group", "period"),
+                name="budget_group_once",
+                violation_error_message="This group already has a budget for this period.",
+            ),
         ),
     ]
