@@ -92,6 +92,8 @@ class ReplyOutput(serializers.Serializer):
 
 
 class ThreadMessagesApi(APIView):
+    too_many_requests_on = ("POST",)  # a reply over a budget (agents.services.budgets)
+
     class InputSerializer(StrictInputSerializer):
         id = ClientIdField(required=False)
         text = StrictCharField(allow_blank=True, trim_whitespace=False)
@@ -233,6 +235,8 @@ class MessageStopApi(APIView):
 
 
 class MessageRegenerateApi(APIView):
+    too_many_requests_on = ("POST",)  # a reply over a budget
+
     @extend_schema(
         request=None,
         responses={201: MessageOutput},

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -24,7 +25,7 @@ from agents.services.budgets import budget_reserve, budgets_changed
 from messaging.models import Message
 from tests.conftest import Cast
 from tests.factories import ThreadFactory, UserFactory
-from tests.helpers import assert_error, db_state
+from tests.helpers import assert_error, db_state, load_settings
 from tests.messaging.compat.conftest import act, http, tokens  # noqa: F401 - fixtures, shared
 from threads.errors import BudgetExceeded
 from threads.models import Thread, User
@@ -227,6 +228,37 @@ def test_a_refused_regeneration_changes_nothing(
     response = cast.client(cast.alice).post(f"/api/v1/messages/{reply['messageId']}/regenerate/")
     assert_error(response, 429, "budget_exceeded")
     assert db_state() == before
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+def test_the_defaults_are_unset_and_read_as_amounts_and_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = ("BUDGET_DAILY", "BUDGET_MONTHLY", "BUDGET_DAILY_TOKENS", "BUDGET_MONTHLY_TOKENS")
+    loaded = load_settings(monkeypatch, {})
+    assert [loaded[name] for name in names] == [None, None, None, None]
+    env = {"BUDGET_DAILY": "0.50", "BUDGET_MONTHLY": " ", "BUDGET_DAILY_TOKENS": "20000"}
+    loaded = load_settings(monkeypatch, env)
+    assert [loaded[name] for name in names] == [Decimal("0.50"), None, 20000, None]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BUDGET_DAILY", "ten"),
+        ("BUDGET_DAILY", "-1"),
+        ("BUDGET_MONTHLY", "NaN"),
+        ("BUDGET_DAILY_TOKENS", "1.5"),
+        ("BUDGET_MONTHLY_TOKENS", "-3"),
+    ],
+)
+def test_a_bad_budget_value_stops_start_up_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    with pytest.raises(ImproperlyConfigured, match=name):
+        load_settings(monkeypatch, {name: value})
 
 
 # --- the common case: no budgets ------------------------------------------------------------
