@@ -23,6 +23,7 @@ from agents.models import Account, AgentRun, AIModel, Budget, LedgerEntry
 from agents.services import conversation
 from agents.services.budgets import budget_reserve, budgets_changed
 from messaging.models import Message
+from tests.agents.crew_support import crew_script  # noqa: F401 - the fixture, shared
 from tests.conftest import Cast
 from tests.factories import ThreadFactory, UserFactory
 from tests.helpers import assert_error, db_state, load_settings
@@ -228,6 +229,43 @@ def test_a_refused_regeneration_changes_nothing(
     response = cast.client(cast.alice).post(f"/api/v1/messages/{reply['messageId']}/regenerate/")
     assert_error(response, 429, "budget_exceeded")
     assert db_state() == before
+
+
+@override_settings(CREW_MAX_STEPS=40, CREW_MAX_TOOL_CALLS=60)
+def test_a_crew_on_a_free_model_stops_before_its_tokens_pass_what_it_holds(
+    cast: Cast,
+    crew_script: Any,  # noqa: F811 - the shared fixture imported above
+) -> None:
+    """Money never stops a crew on a free model; the tokens it holds (for token budgets) do."""
+    from tests.agents.crew_support import ask_crew
+    from tests.agents.scripted_crew_llm import tool_call
+    from tests.helpers import upload
+
+    model = AIModel.objects.create(
+        name="Free",
+        provider="local",
+        context_window=400,
+        max_output_tokens=200,
+        available_to_all=True,
+        supports_tools=True,
+    )
+    csv = b"region,amount\nNorth,10\nSouth,5\n"
+    file_id = upload(cast.client(cast.alice), "sales.csv", csv, "text/csv").json()["id"]
+    wordy = "I must look again at every column and every row. " * 8
+    crew_script.replies = {
+        "planner": ["SPECIALISTS: analyst"],
+        "analyst": [
+            tool_call(
+                "analyse_table", thought=wordy, file="sales.csv", group_by="region", how=f"s{i}"
+            )
+            for i in range(40)
+        ],
+    }
+    response = ask_crew(cast, "Total the sales data", [file_id], modelId=model.pk)
+    run = AgentRun.objects.get(pk=response.json()["reply"]["runId"])
+    assert run.reserved == 0 and run.reserved_tokens == 400 * services.CREW_RESERVED_CALLS
+    assert run.error == "This reply reached the most tokens it may use and was stopped."
+    assert run.prompt_tokens + run.completion_tokens <= run.reserved_tokens
 
 
 # --- settings ------------------------------------------------------------------------------
