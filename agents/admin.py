@@ -3,8 +3,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from agents import services
 from agents.models import (
@@ -12,11 +13,14 @@ from agents.models import (
     AgentRun,
     AIModel,
     Artifact,
+    Budget,
     CrewSlot,
     LedgerEntry,
     LegacyModelNumber,
     ModelGrant,
 )
+from agents.selectors import budget_row_state
+from agents.services.budgets import budgets_changed, money_text
 
 
 class GrantInline(admin.TabularInline):
@@ -146,3 +150,63 @@ class CrewSlotAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    """Daily and monthly limits for a user or a group (shared by its members). A user's own
+    budget for a period replaces the deployment's default (BUDGET_DAILY...) for it."""
+
+    list_display = ("__str__", "user", "group", "period", "amount", "tokens", "this_period")
+    list_filter = ("period",)
+    list_select_related = ("user", "group")
+    search_fields = ("user__username", "group__name")
+    autocomplete_fields = ("user", "group")
+    fields = ("user", "group", "period", "amount", "tokens", "this_period", "updated_at")
+    readonly_fields = ("this_period", "updated_at")
+
+    @admin.display(description="Spent this period")
+    def this_period(self, budget: Budget) -> str:
+        if budget.pk is None:
+            return "-"
+        state = budget_row_state(budget=budget)
+        parts = []
+        if budget.amount is not None:
+            parts.append(f"{money_text(state.spent)} of {money_text(budget.amount)}")
+        if budget.tokens is not None:
+            parts.append(f"{state.tokens_spent} of {budget.tokens} tokens")
+        resets = state.resets_at.strftime("%Y-%m-%d %H:%M")
+        return f"{', '.join(parts)}; resets {resets} {settings.TIME_ZONE}"
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        defaults = [
+            f"{name}={value}"
+            for name in (
+                "BUDGET_DAILY",
+                "BUDGET_MONTHLY",
+                "BUDGET_DAILY_TOKENS",
+                "BUDGET_MONTHLY_TOKENS",
+            )
+            if (value := getattr(settings, name)) is not None
+        ]
+        if defaults and request.method == "GET":
+            self.message_user(
+                request,
+                "Every user without a budget of their own for a period has the default: "
+                + ", ".join(defaults),
+                messages.INFO,
+            )
+        return super().changelist_view(request, extra_context)
+
+    # Replies skip budgets while none exist (a cached flag): every change here clears it.
+    def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        budgets_changed()
+
+    def delete_model(self, request: HttpRequest, obj: Budget) -> None:
+        super().delete_model(request, obj)
+        budgets_changed()
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        super().delete_queryset(request, queryset)
+        budgets_changed()

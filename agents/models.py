@@ -136,6 +136,80 @@ class Account(models.Model):
         return f"{self.user_id}: {self.balance}"
 
 
+class Budget(models.Model):
+    """A spending limit per day or per month for one user, or shared by every member of one
+    group: money (the ledger's currency), tokens, or both. A user's own row for a period
+    replaces the deployment's default for it (BUDGET_DAILY...); group rows apply on top.
+
+    Checked when a reply is asked for (agents.services.budgets), against what the user or the
+    group spent in the period plus what their unfinished replies hold."""
+
+    class Period(models.TextChoices):
+        DAY = "day", "Day"
+        MONTH = "month", "Month"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="budgets",
+    )
+    group = models.ForeignKey(
+        Group, on_delete=models.CASCADE, null=True, blank=True, related_name="budgets"
+    )
+    period = models.CharField(max_length=5, choices=Period.choices)
+    amount = models.DecimalField(
+        null=True,
+        blank=True,
+        max_digits=16,
+        decimal_places=6,
+        help_text="The most that may be spent in the period. Empty: no money limit.",
+    )
+    tokens = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="The most tokens (prompt and completion) in the period. Empty: no token limit.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["user", "group", "period"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(user__isnull=False, group__isnull=True)
+                | Q(user__isnull=True, group__isnull=False),
+                name="budget_user_xor_group",
+                violation_error_message="A budget is for one user or for one group.",
+            ),
+            models.CheckConstraint(
+                condition=Q(amount__isnull=False) | Q(tokens__isnull=False),
+                name="budget_has_a_limit",
+                violation_error_message="Set an amount, a number of tokens, or both.",
+            ),
+            models.CheckConstraint(
+                condition=Q(amount__isnull=True) | Q(amount__gte=0),
+                name="budget_amount_not_negative",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "period"],
+                condition=Q(user__isnull=False),
+                name="budget_user_once",
+                violation_error_message="This user already has a budget for this period.",
+            ),
+            models.UniqueConstraint(
+                fields=["group", "period"],
+                condition=Q(group__isnull=False),
+                name="budget_group_once",
+                violation_error_message="This group already has a budget for this period.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = f"user {self.user}" if self.user_id else f"group {self.group}"
+        return f"{owner}: per {self.period}"
+
+
 class AgentRun(models.Model):
     """One AI reply being produced: the AI message, the model, the money, the worker's state."""
 
@@ -166,6 +240,8 @@ class AgentRun(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     reserved = models.DecimalField(default=Decimal(0), max_digits=16, decimal_places=6)
+    # The most tokens the reply may use, held against token budgets until it ends.
+    reserved_tokens = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(default=Decimal(0), max_digits=16, decimal_places=6)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -174,7 +250,11 @@ class AgentRun(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat")]
+        indexes = [
+            models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat"),
+            # A budget sums the asker's runs of the period.
+            models.Index(fields=["requested_by", "created_at"], name="run_asker_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} ({self.status})"

@@ -92,6 +92,24 @@ def env_rate(name: str, default: str) -> str:
     return value
 
 
+def env_limit_decimal(name: str) -> Decimal | None:
+    """An optional non-negative amount: None when unset or empty (no limit)."""
+    raw = env_str(name).strip()
+    if not raw:
+        return None
+    value = env_decimal(name, raw)
+    if not value.is_finite() or value < 0:
+        raise ImproperlyConfigured(f"{name} must be an amount of 0 or more, got {raw!r}")
+    return value
+
+
+def env_limit_int(name: str) -> int | None:
+    """An optional non-negative count: None when unset or empty (no limit)."""
+    if not env_str(name).strip():
+        return None
+    return env_int(name, 0, minimum=0)
+
+
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
@@ -384,6 +402,13 @@ if AGENT_GRPC_TARGET and (
 AGENT_GRPC_TIMEOUT_SECONDS = env_int("AGENT_GRPC_TIMEOUT_SECONDS", 60, minimum=1)
 # Every new user's starting credit, in the ledger's currency (the bundled model is free).
 STARTING_BALANCE = env_decimal("STARTING_BALANCE", "1.00")
+# Every user's budgets, unless the admin gives the user their own for that period (Budget):
+# money per day and per month, tokens per day and per month. Unset: no such limit. Periods
+# start at midnight (and the 1st) in TIME_ZONE.
+BUDGET_DAILY = env_limit_decimal("BUDGET_DAILY")
+BUDGET_MONTHLY = env_limit_decimal("BUDGET_MONTHLY")
+BUDGET_DAILY_TOKENS = env_limit_int("BUDGET_DAILY_TOKENS")
+BUDGET_MONTHLY_TOKENS = env_limit_int("BUDGET_MONTHLY_TOKENS")
 # Streaming: deltas are batched for this long before one event goes out; the partial text is
 # saved (and the stop flag read) this often; the heartbeat goes every second, and a run whose
 # heartbeat is older than RUN_STALE_SECONDS lost its worker.

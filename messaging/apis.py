@@ -91,7 +91,8 @@ class ReplyOutput(serializers.Serializer):
 
 
 class ThreadMessagesApi(APIView):
-    too_many_requests_on = ("POST",)  # the poster's message and reply rates (threads.rates)
+    # The poster's message and reply rates (threads.rates), a budget (agents.services.budgets).
+    too_many_requests_on = ("POST",)
 
     class InputSerializer(StrictInputSerializer):
         id = ClientIdField(required=False)
@@ -234,7 +235,7 @@ class MessageStopApi(APIView):
 
 
 class MessageRegenerateApi(APIView):
-    too_many_requests_on = ("POST",)  # the reply rate
+    too_many_requests_on = ("POST",)  # the reply rate, a budget
 
     @extend_schema(
         request=None,

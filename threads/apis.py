@@ -12,8 +12,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents.selectors import balance_of, usage_of
+from agents.selectors import balance_of, budget_status, usage_of
 from agents.services import conversation
+from agents.wire import BudgetOutput, budget_fields
 from chatproject.api import (
     PAGE_CURSOR_PARAM,
     PAGE_LIMIT_PARAM,
@@ -57,6 +58,7 @@ class MeApi(APIView):
         permissions = serializers.ListField(child=serializers.CharField())
         balance = serializers.CharField(allow_null=True, help_text="Decimal, as a string.")
         usage = serializers.DictField(help_text="replies, promptTokens, completionTokens, cost")
+        budgets = BudgetOutput(many=True, help_text="Every budget that applies; [] for none.")
 
     @extend_schema(responses=OutputSerializer, summary="The caller and their chat permissions")
     def get(self, request: Request) -> Response:
@@ -69,6 +71,7 @@ class MeApi(APIView):
             "permissions": user_chat_permissions(user),
             "balance": _money(balance_of(user=user)),
             "usage": usage_of(user=user),
+            "budgets": [budget_fields(state) for state in budget_status(user=user)],
         }
         return Response(self.OutputSerializer(data).data)
 

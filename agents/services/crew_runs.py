@@ -206,6 +206,11 @@ def crew_execute(*, run: AgentRun, stream: Stream, provider: Any, started: float
     def before_call(agent: str) -> str | None:
         if ledger.spent() + most_a_reply_can_cost(run.model) > run.reserved:
             return "This reply reached the most it may cost and was stopped."
+        # Tokens too, for token budgets (and free models, whose cost never stops them).
+        usage = ledger.total()
+        used = usage.prompt_tokens + usage.completion_tokens
+        if run.reserved_tokens and used + run.model.context_window > run.reserved_tokens:
+            return "This reply reached the most tokens it may use and was stopped."
         return None
 
     def step(*, agent: str, step: str, tool: str = "", detail: str = "") -> None:

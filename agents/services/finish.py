@@ -56,7 +56,10 @@ def run_finish(
             prompt_tokens=run.prompt_tokens,
             completion_tokens=run.completion_tokens,
         )
-    run.cost = settle(run=run, cost=cost)
+    # What settle will charge; it runs last (below) so that the locks come in the order every
+    # transaction takes them: thread (message_complete), then account (settle). message_send
+    # locks the thread and then the asker's account; the reverse here could deadlock the two.
+    run.cost = min(cost, run.reserved)
     if cost > run.cost:
         logger.warning(
             "run %s: cost %s is above the reservation %s; charged %s",
@@ -103,4 +106,5 @@ def run_finish(
         meta=message_meta,
         usage=usage,
     )
+    settle(run=run, cost=cost)
     transaction.on_commit(functools.partial(live_text_drop, message_id=run.message_id))

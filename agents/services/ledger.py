@@ -102,6 +102,12 @@ def most_a_reply_can_cost(model: AIModel) -> Decimal:
     )
 
 
+def most_tokens_a_reply_can_use(model: AIModel) -> int:
+    """The tokens one model call may take: its prompt is cut to fit the context window with
+    room for the output limit, so the whole window bounds it."""
+    return int(model.context_window)
+
+
 def settle(*, run: AgentRun, cost: Decimal) -> Decimal:
     """Give back what the reservation held beyond `cost`; once per run. Returns the charge."""
     charge = min(cost, run.reserved)  # the reservation is the most we ever take

@@ -13,8 +13,14 @@ from django.core.cache import cache
 from django.db import transaction
 
 from agents.models import AgentMode, AgentRun, AIModel, LedgerEntry
+from agents.services.budgets import budget_reserve
 from agents.services.finish import TERMINAL, run_finish
-from agents.services.ledger import account_lock, balance_take, most_a_reply_can_cost
+from agents.services.ledger import (
+    account_lock,
+    balance_take,
+    most_a_reply_can_cost,
+    most_tokens_a_reply_can_use,
+)
 from messaging import services as messaging_services
 from messaging.models import Message
 from threads.errors import Conflict, Forbidden, NotFound
@@ -48,14 +54,17 @@ def reply_request(
     """Create the queued AI message and its run, reserve the money, queue the worker on commit.
 
     Call inside the transaction that stored the question: a refusal (403 for a balance at or
-    below zero or below what the reply may cost) rolls the question back with it, and no model
-    is called. `gateway_token` is the asker's bearer token, forwarded by the crew's gateway tool
-    and kept only in the cache for the run's lifetime (never in the database).
+    below zero or below what the reply may cost, 429 BudgetExceeded for a budget it could
+    exceed) rolls the question back with it, and no model is called. `gateway_token` is the
+    asker's bearer token, forwarded by the crew's gateway tool and kept only in the cache for
+    the run's lifetime (never in the database).
     """
     mode = agent_mode_for(thread=thread, model=model)
     reserve = most_a_reply_can_cost(model)
+    reserve_tokens = most_tokens_a_reply_can_use(model)
     if mode == AgentMode.CREW:
         reserve *= CREW_RESERVED_CALLS
+        reserve_tokens *= CREW_RESERVED_CALLS
     account_id = balance_take(user=requester, amount=reserve)
     if account_id is None:
         # No account yet (made here with the starting credit), or a balance too low.
@@ -68,6 +77,9 @@ def reply_request(
         account.balance -= reserve
         account.save(update_fields=["balance", "updated_at"])
         account_id = account.pk
+    # The account is locked now (the UPDATE above, or account_lock): budgets are checked under
+    # it, so this user's concurrent reservations are counted one after another.
+    budget_reserve(user=requester, amount=reserve, tokens=reserve_tokens)
     run_id = new_run_id()
     message, _ = messaging_services.message_post(
         thread=thread,
@@ -90,6 +102,7 @@ def reply_request(
         model=model,
         mode=mode,
         reserved=reserve,
+        reserved_tokens=reserve_tokens,
     )
     # The balance already moved (above); this is its entry.
     LedgerEntry.objects.create(
@@ -132,6 +145,9 @@ def reply_regenerate(
         raise Conflict("Only AI replies can be regenerated.")
     if run.status not in TERMINAL:
         raise Conflict("This reply is still being written; stop it first.")
+    # The thread first, as a post takes it (message_post) before reply_request locks the
+    # account: the lock order of agents.services.budgets, which run_finish follows too.
+    Thread.objects.select_for_update().filter(pk=message.thread_id).values_list("pk").first()
     return reply_request(
         thread=message.thread,
         requester=actor,

@@ -1,4 +1,4 @@
-/* The top bar: who I am, my balance and the model picker. */
+/* The top bar: who I am, my balance, my budgets and the model picker. */
 
 import { api } from "./api.js";
 import { state } from "./state.js";
@@ -12,6 +12,32 @@ export async function loadMe() {
 function showBalance() {
   const balance = state.me && state.me.balance;
   $("balance").textContent = balance === null || balance === undefined ? "" : `Balance ${moneyLabel(balance)}`;
+  showBudgets();
+}
+
+/* What each budget has left ("Today $0.40 left"), its limit and reset in the tooltip. */
+function showBudgets() {
+  const budgets = (state.me && state.me.budgets) || [];
+  const target = $("budget");
+  target.hidden = budgets.length === 0;
+  target.replaceChildren(
+    ...budgets.map((b) => {
+      const when = b.period === "day" ? "Today" : "This month";
+      const left = [];
+      if (b.remaining !== null) left.push(moneyLabel(b.remaining));
+      if (b.tokensRemaining !== null) left.push(`${b.tokensRemaining} tokens`);
+      const limits = [];
+      if (b.limit !== null) limits.push(moneyLabel(b.limit));
+      if (b.tokenLimit !== null) limits.push(`${b.tokenLimit} tokens`);
+      const owner = b.scope === "group" ? `Group ${b.group}: ` : "";
+      return el("span", {
+        class: "budget-item",
+        "data-testid": "budget-item",
+        text: `${owner}${when} ${left.join(" / ")} left`,
+        title: `${owner}${limits.join(" and ")} per ${b.period}; resets ${new Date(b.resetsAt).toLocaleString()}`,
+      });
+    }),
+  );
 }
 
 export const refreshBalance = debounce(async () => {
