@@ -172,6 +172,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Turns a view's database OperationalError into 503 + Retry-After (chatproject.api).
+    "chatproject.middleware.DatabaseUnavailableMiddleware",
     # Last, as django-axes asks: it turns a login refused for too many failures into the 429
     # page (chatproject.web.login_locked) after the login view has run.
     "axes.middleware.AxesMiddleware",
@@ -211,7 +213,14 @@ if DATABASE_URL:
             # thread of its own, and a kept connection is only closed when garbage collected
             # (Django's docs: disable them under ASGI). PostgreSQL gets a connection pool
             # instead, so "closing" hands the connection back rather than reconnecting.
-            "default": dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))
+            # Health checks: after a database restart every pooled connection is dead, and the
+            # pool handed them out one by one, each failing its request (seen: 4 posts in 100
+            # answered 500). With them on, Django gives the pool psycopg's check_connection:
+            # one empty round trip as a connection leaves the pool, and a dead one is replaced
+            # before the request sees it.
+            "default": dict(
+                dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)
+            )
         }
         if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
             "DB_POOL", True
@@ -240,6 +249,11 @@ else:
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# What a request that meets a database outage is told to wait (503, Retry-After).
+DATABASE_RETRY_AFTER_SECONDS = env_int("DATABASE_RETRY_AFTER_SECONDS", 2, minimum=1)
+# How long a finished reply keeps retrying its closing transaction through an outage before it
+# gives up; after that the reaper re-runs it (agents.services.runs._run_close).
+CLOSE_RETRY_SECONDS = env_int("CLOSE_RETRY_SECONDS", 30, minimum=0)
 
 # --- Redis, channels, Celery -----------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from messaging.streams import Subscription
-from threads.errors import ApplicationError, Invalid, TooManyRequests
+from threads.errors import ApplicationError, Invalid, RetryLater
 from threads.middleware import scope_user
 from threads.models import User
 
@@ -124,7 +124,7 @@ class EventsConsumer(HubSocket):
             "type": "error",
             "error": {"code": exc.code, "message": exc.message, "fields": exc.fields},
         }
-        if isinstance(exc, TooManyRequests):
+        if isinstance(exc, RetryLater):
             payload["error"]["retryAfter"] = exc.retry_after
         if request is not None:
             payload["action"] = request.get("action")
