@@ -59,7 +59,7 @@ def main() -> None:
     for _ in range(max(1, args.requests // BLOCK)):
         for checks in (False, True):
             connection.close()
-            connection.close_pool()  # the pool is made again with or without its check
+            connection.close_pool()  # type: ignore[attr-defined]  # PostgreSQL: pool made again
             connection.settings_dict["CONN_HEALTH_CHECKS"] = checks
             for name, fn in (("GET /api/v1/me/", me), ("POST a message", post)):
                 samples.setdefault((name, checks), []).extend(timed(fn, BLOCK, warmup=3))

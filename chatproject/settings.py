@@ -390,6 +390,23 @@ STREAM_FLUSH_MS = env_int("STREAM_FLUSH_MS", 50, minimum=0)
 STREAM_SAVE_MS = env_int("STREAM_SAVE_MS", 300, minimum=50)
 RUN_STALE_SECONDS = env_int("RUN_STALE_SECONDS", 5, minimum=2)
 RUN_TIME_LIMIT_SECONDS = env_int("RUN_TIME_LIMIT_SECONDS", 300, minimum=10)
+
+# Workers that outlive their broker's restart (docs/reliability.md): reconnect for as long as it
+# takes, at start-up too; on Redis, kombu's transport with the released-connection fix
+# (chatproject/broker.py), a health check on idle connections, and a visibility timeout just
+# above the longest a run may take, so an unacknowledged message is delivered again only when
+# its worker is surely gone (the default, an hour, left such replies queued that long).
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_BROKER_HEARTBEAT = 10  # AMQP only; Redis uses health_check_interval below
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT = "chatproject.broker:RedisTransport"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": RUN_TIME_LIMIT_SECONDS + 120,
+        "health_check_interval": 10,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+    }
 # The operator's data gateway, read by the crew's gateway tool (agents.gateway); unset: no tool.
 GATEWAY_URL = env_url("GATEWAY_URL")
 GATEWAY_TIMEOUT_SECONDS = env_int("GATEWAY_TIMEOUT_SECONDS", 10, minimum=1, maximum=300)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import free_port, unavailable
+from tests.integration.conftest import BIN, REPO, _run, free_port, unavailable
 
 PG_BIN_ROOT = Path("/usr/lib/postgresql")
 
@@ -101,3 +101,182 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         while instance.running() and time.monotonic() < deadline:
             time.sleep(0.2)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of the test's own, started the way this machine starts its Redis (no
+    persistence: a restart loses every key, as the machine's would)."""
+
+    port: int
+    root: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        subprocess.run(
+            [
+                "redis-server",
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+                "--logfile",
+                str(self.root / "redis.log"),
+                "--pidfile",
+                str(self.root / "redis.pid"),
+            ],
+            check=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 10
+        while not self.running():
+            if time.monotonic() > deadline:
+                pytest.fail(f"redis-server on {self.port} did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["redis-cli", "-p", str(self.port), "shutdown", "nosave"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        deadline = time.monotonic() + 10
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def running(self) -> bool:
+        ping = subprocess.run(
+            ["redis-cli", "-p", str(self.port), "ping"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return ping.stdout.strip() == "PONG"
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        unavailable("redis-server and redis-cli are not installed")
+    instance = PrivateRedis(port=free_port(), root=Path(tempfile.mkdtemp(prefix="tl-redis-")))
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(instance.root, ignore_errors=True)
+
+
+@pytest.fixture
+def token_server() -> Iterator[str]:
+    """bench/token_server.py: an OpenAI-compatible model whose name says how it streams
+    (`rate-50-n100`: 100 tokens at 50 a second); its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(BIN / "uvicorn"),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--app-dir",
+            str(REPO / "bench"),
+            "token_server:app",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def server_env(
+    *, database_url: str, llm_url: str, var_dir: Path, redis_url: str | None = None
+) -> dict[str, str]:
+    """The real settings (not the test ones) for a server or worker under test."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"THREADLINE_TESTING", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="chatproject.settings",
+        DATABASE_URL=database_url,
+        VAR_DIR=str(var_dir),
+        PYTHONUNBUFFERED="1",
+        LLM_BASE_URL=llm_url,
+        LLM_API_KEY="unused",
+        RUN_STALE_SECONDS="5",
+    )
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    return env
+
+
+def prepare_database(env: dict[str, str], *, provider_model: str) -> str:
+    """Migrate, and add alice (her token is returned) and the token server as `mdl_tokens`."""
+    _run(["migrate", "--noinput"], env)
+    token = _run(["issue_token", "alice", "--create"], env).strip()
+    _run(
+        [
+            "shell",
+            "-c",
+            "from decimal import Decimal; from agents.models import AIModel;"
+            "AIModel.objects.create(id='mdl_tokens', name='token server', provider='openai',"
+            f" provider_model='{provider_model}', context_window=4096, max_output_tokens=200,"
+            " price_input_per_1k=Decimal('0.01'), price_output_per_1k=Decimal('0.02'),"
+            " available_to_all=True)",
+        ],
+        env,
+    )
+    return token
+
+
+def celery_worker(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    """A real Celery worker process, as deploy runs it (threads pool)."""
+    with (logs / f"{name}.log").open("wb") as out:
+        return subprocess.Popen(
+            [
+                str(BIN / "python"),
+                "-m",
+                "celery",
+                "-A",
+                "chatproject",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                "2",
+                "--without-mingle",
+                "--without-gossip",
+                "-n",
+                f"{name}@%h",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )

@@ -8,13 +8,11 @@ private PostgreSQL that the test stops and starts; the reply comes from bench/to
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +20,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.faults.conftest import PrivatePostgres
-from tests.integration.conftest import (
-    BIN,
-    REPO,
-    Server,
-    _run,
-    _start_daphne,
-    _stop,
-    _wait_healthy,
-    free_port,
-)
+from tests.faults.conftest import PrivatePostgres, prepare_database, server_env
+from tests.integration.conftest import Server, _start_daphne, _stop, _wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -45,8 +34,6 @@ class App:
     server: Server
     token: str
     database_url: str
-    token_server: subprocess.Popen[bytes]
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -54,67 +41,19 @@ class App:
 
 
 @pytest.fixture
-def app(private_postgres: PrivatePostgres, tmp_path: Path) -> Iterator[App]:
+def app(private_postgres: PrivatePostgres, token_server: str, tmp_path: Path) -> Iterator[App]:
     admin = psycopg.connect(private_postgres.url, autocommit=True)
     admin.execute('CREATE DATABASE "threadline"')
     admin.close()
-    llm_port = free_port()
-    token_server = subprocess.Popen(
-        [
-            str(BIN / "uvicorn"),
-            "--port",
-            str(llm_port),
-            "--log-level",
-            "warning",
-            "--app-dir",
-            str(REPO / "bench"),
-            "token_server:app",
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"THREADLINE_TESTING", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="chatproject.settings",
-        DATABASE_URL=private_postgres.database_url("threadline"),
-        VAR_DIR=str(tmp_path),
-        PYTHONUNBUFFERED="1",
-        LLM_BASE_URL=f"http://127.0.0.1:{llm_port}/v1",
-        LLM_API_KEY="unused",
-        RUN_STALE_SECONDS="5",
-    )
-    _run(["migrate", "--noinput"], env)
-    token = _run(["issue_token", "alice", "--create"], env).strip()
-    _run(
-        [
-            "shell",
-            "-c",
-            "from decimal import Decimal; from agents.models import AIModel;"
-            "AIModel.objects.create(id='mdl_tokens', name='token server', provider='openai',"
-            " provider_model='rate-100-n40', context_window=4096, max_output_tokens=100,"
-            " price_input_per_1k=Decimal('0'), price_output_per_1k=Decimal('0'),"
-            " available_to_all=True)",
-        ],
-        env,
-    )
+    database_url = private_postgres.database_url("threadline")
+    env = server_env(database_url=database_url, llm_url=token_server, var_dir=tmp_path)
+    token = prepare_database(env, provider_model="rate-100-n40")
     server = _start_daphne("pg", env, tmp_path)
     try:
         _wait_healthy(server)
-        yield App(
-            server=server,
-            token=token,
-            database_url=private_postgres.database_url("threadline"),
-            token_server=token_server,
-        )
+        yield App(server=server, token=token, database_url=database_url)
     finally:
         _stop(server)
-        token_server.terminate()
-        token_server.wait(timeout=10)
 
 
 def _new_thread(app: App) -> str:
