@@ -9,6 +9,7 @@ end whatever happened, so nothing is left running or stopped behind a failed tes
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +20,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BIN, REPO, _run, free_port, unavailable
+from tests.integration.conftest import (
+    BIN,
+    PG_ADMIN_URL,
+    REPO,
+    Server,
+    _admin_connection,
+    _run,
+    _start_daphne,
+    _stop,
+    _wait_healthy,
+    free_port,
+    unavailable,
+)
 
 PG_BIN_ROOT = Path("/usr/lib/postgresql")
 
@@ -280,3 +293,69 @@ def celery_worker(name: str, env: dict[str, str], logs: Path) -> subprocess.Pope
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+@dataclass
+class Stack:
+    server: Server
+    workers: list[subprocess.Popen[bytes]]
+    env: dict[str, str]
+    token: str
+    database_url: str
+    logs: Path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def worker_logs(self) -> str:
+        return "\n".join(
+            log.read_text(errors="replace")[-3000:] for log in sorted(self.logs.glob("worker-*"))
+        )
+
+
+@pytest.fixture
+def stack(private_redis: PrivateRedis, token_server: str, tmp_path: Path) -> Iterator[Stack]:
+    admin = _admin_connection()
+    db_name = f"threadline_fault_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{db_name}"')
+    database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}"
+    env = server_env(
+        database_url=database_url,
+        llm_url=token_server,
+        var_dir=tmp_path,
+        redis_url=private_redis.url,
+    )
+    workers: list[subprocess.Popen[bytes]] = []
+    server: Server | None = None
+    try:
+        token = prepare_database(env, provider_model="rate-50-n100")
+        workers = [celery_worker(f"worker-{n}", env, tmp_path) for n in (1, 2)]
+        server = _start_daphne("redis", env, tmp_path)
+        _wait_healthy(server)
+        time.sleep(3)  # the workers connect to the broker and start consuming
+        yield Stack(
+            server=server,
+            workers=workers,
+            env=env,
+            token=token,
+            database_url=database_url,
+            logs=tmp_path,
+        )
+    finally:
+        if server is not None:
+            _stop(server)
+        for worker in stack_workers(workers):
+            worker.terminate()
+        for worker in stack_workers(workers):
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        admin.close()
+
+
+def stack_workers(workers: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
+    """The workers still to stop: a test may have replaced some (killed and started anew)."""
+    return [worker for worker in workers if worker.poll() is None]

@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,75 +20,12 @@ import psycopg
 import pytest
 import websockets
 
-from tests.faults.conftest import PrivateRedis, celery_worker, prepare_database, server_env
-from tests.integration.conftest import (
-    PG_ADMIN_URL,
-    Server,
-    _admin_connection,
-    _start_daphne,
-    _stop,
-    _wait_healthy,
-)
+from tests.faults.conftest import PrivateRedis, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 TRIALS = 5
 TERMINAL_WITHIN = 20.0  # seconds from the restart
-
-
-@dataclass
-class Stack:
-    server: Server
-    workers: list[subprocess.Popen[bytes]]
-    token: str
-    database_url: str
-    logs: Path
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def worker_logs(self) -> str:
-        return "\n".join(
-            (self.logs / f"worker-{n}.log").read_text(errors="replace")[-3000:] for n in (1, 2)
-        )
-
-
-@pytest.fixture
-def stack(private_redis: PrivateRedis, token_server: str, tmp_path: Path) -> Iterator[Stack]:
-    admin = _admin_connection()
-    db_name = f"threadline_fault_{secrets.token_hex(4)}"
-    admin.execute(f'CREATE DATABASE "{db_name}"')
-    database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}"
-    env = server_env(
-        database_url=database_url,
-        llm_url=token_server,
-        var_dir=tmp_path,
-        redis_url=private_redis.url,
-    )
-    workers: list[subprocess.Popen[bytes]] = []
-    server: Server | None = None
-    try:
-        token = prepare_database(env, provider_model="rate-50-n100")
-        workers = [celery_worker(f"worker-{n}", env, tmp_path) for n in (1, 2)]
-        server = _start_daphne("redis", env, tmp_path)
-        _wait_healthy(server)
-        time.sleep(3)  # the workers connect to the broker and start consuming
-        yield Stack(
-            server=server, workers=workers, token=token, database_url=database_url, logs=tmp_path
-        )
-    finally:
-        if server is not None:
-            _stop(server)
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        admin.close()
 
 
 def _is_terminal(event: dict[str, Any], message_id: str) -> bool:
