@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from drf_spectacular.utils import OpenApiParameter, extend_schema_field
@@ -16,9 +19,11 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from threads.authentication import token_from_header
-from threads.errors import ApplicationError, Invalid, retry_after_headers
+from threads.errors import ApplicationError, Invalid, Unavailable, retry_after_headers
 from threads.ids import CLIENT_ID_PATTERN, ID_MAX_LENGTH
 from threads.models import User
+
+logger = logging.getLogger(__name__)
 
 _DRF_CODES: dict[type[exceptions.APIException], str] = {
     exceptions.ValidationError: "invalid",
@@ -53,7 +58,22 @@ def error_body(code: str, message: str, fields: dict[str, Any] | None = None) ->
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
 
+def database_unavailable(exc: BaseException) -> Unavailable | None:
+    """The 503 for a database that stopped answering (a restart, a failover): the request's
+    transaction was rolled back, so nothing of it is stored and the client may simply retry.
+    The pool's connection check (settings.DATABASES) keeps a dead connection from being handed
+    out again, so once the database is back the next request succeeds."""
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return None
+    logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+    return Unavailable(
+        "The database is not answering; try again shortly.",
+        retry_after=settings.DATABASE_RETRY_AFTER_SECONDS,
+    )
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    exc = database_unavailable(exc) or exc
     if isinstance(exc, ApplicationError):
         return Response(
             error_body(exc.code, exc.message, exc.fields),
@@ -186,6 +206,9 @@ ERROR_DESCRIPTIONS = {
     415: "Unsupported media type: the body is not in the content type this operation reads.",
     429: "Too many requests: a rate limit, the caller's reply queue or a budget refuses this "
     "for now (the code says which); `Retry-After` gives the seconds to wait.",
+    503: "Unavailable: the database is not answering (a restart, a failover); nothing of the "
+    "request was stored. Retry after `Retry-After` seconds, with the same client id for a "
+    "create.",
 }
 
 ADDRESS_RATE_DESCRIPTION = (
@@ -234,10 +257,10 @@ class AutoSchema(SpectacularAutoSchema):
                     **self._get_response_for_code(ErrorOutput, code),
                     "description": ERROR_DESCRIPTIONS[status_code],
                 }
-                if status_code == 429:
+                if status_code in (429, 503):
                     responses[code]["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
-                    if not self.refuses_for_the_caller():
-                        responses[code]["description"] = ADDRESS_RATE_DESCRIPTION
+                if status_code == 429 and not self.refuses_for_the_caller():
+                    responses[code]["description"] = ADDRESS_RATE_DESCRIPTION
         return operation
 
     def refuses_for_the_caller(self) -> bool:
@@ -272,6 +295,7 @@ class AutoSchema(SpectacularAutoSchema):
         # any operation may answer 429; the views whose own work is also limited per user (or
         # queued, or budgeted) declare it (too_many_requests_on), and their 429 says so.
         statuses.add(429)
+        statuses.add(503)  # database_unavailable: every operation reads or writes the database
         return sorted(statuses)
 
 

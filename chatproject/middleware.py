@@ -1,4 +1,4 @@
-"""WhiteNoise, able to sit in Django's async request path."""
+"""WhiteNoise, able to sit in Django's async request path; database outages answered as 503."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from whitenoise.middleware import WhiteNoiseMiddleware
+
+from chatproject.api import database_unavailable, error_body
+from threads.errors import retry_after_headers
 
 
 class AsyncWhiteNoiseMiddleware(WhiteNoiseMiddleware):
@@ -41,3 +44,31 @@ class AsyncWhiteNoiseMiddleware(WhiteNoiseMiddleware):
             response: HttpResponseBase = await sync_to_async(self.serve)(static_file, request)
             return response
         return await self.get_response(request)
+
+
+class DatabaseUnavailableMiddleware:
+    """A view that meets a database outage answers 503 with Retry-After in the one error shape
+    (chatproject.api.database_unavailable), not a 500: the HTML pages, the SSE and BFF doors and
+    anything else outside DRF's handler. DRF views get the same answer from
+    api_exception_handler. Chat Svc's clients get their own shape there too."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
+        unavailable = database_unavailable(exception)
+        if unavailable is None:
+            return None
+        return JsonResponse(
+            error_body(unavailable.code, unavailable.message),
+            status=unavailable.status,
+            headers=retry_after_headers(unavailable),
+        )

@@ -205,6 +205,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Turns a view's database OperationalError into 503 + Retry-After (chatproject.api).
+    "chatproject.middleware.DatabaseUnavailableMiddleware",
     # Last, as django-axes asks: it turns a login refused for too many failures into the 429
     # page (chatproject.web.login_locked) after the login view has run.
     "axes.middleware.AxesMiddleware",
@@ -244,7 +246,14 @@ if DATABASE_URL:
             # thread of its own, and a kept connection is only closed when garbage collected
             # (Django's docs: disable them under ASGI). PostgreSQL gets a connection pool
             # instead, so "closing" hands the connection back rather than reconnecting.
-            "default": dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))
+            # Health checks: after a database restart every pooled connection is dead, and the
+            # pool handed them out one by one, each failing its request (seen: 4 posts in 100
+            # answered 500). With them on, Django gives the pool psycopg's check_connection:
+            # one empty round trip as a connection leaves the pool, and a dead one is replaced
+            # before the request sees it.
+            "default": dict(
+                dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)
+            )
         }
         if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
             "DB_POOL", True
@@ -273,6 +282,11 @@ else:
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# What a request that meets a database outage is told to wait (503, Retry-After).
+DATABASE_RETRY_AFTER_SECONDS = env_int("DATABASE_RETRY_AFTER_SECONDS", 2, minimum=1)
+# How long a finished reply keeps retrying its closing transaction through an outage before it
+# gives up; after that the reaper re-runs it (agents.services.runs._run_close).
+CLOSE_RETRY_SECONDS = env_int("CLOSE_RETRY_SECONDS", 30, minimum=0)
 
 # --- Redis, channels, Celery -----------------------------------------------------------------
 
@@ -416,6 +430,23 @@ STREAM_FLUSH_MS = env_int("STREAM_FLUSH_MS", 50, minimum=0)
 STREAM_SAVE_MS = env_int("STREAM_SAVE_MS", 300, minimum=50)
 RUN_STALE_SECONDS = env_int("RUN_STALE_SECONDS", 5, minimum=2)
 RUN_TIME_LIMIT_SECONDS = env_int("RUN_TIME_LIMIT_SECONDS", 300, minimum=10)
+
+# Workers that outlive their broker's restart (docs/reliability.md): reconnect for as long as it
+# takes, at start-up too; on Redis, kombu's transport with the released-connection fix
+# (chatproject/broker.py), a health check on idle connections, and a visibility timeout just
+# above the longest a run may take, so an unacknowledged message is delivered again only when
+# its worker is surely gone (the default, an hour, left such replies queued that long).
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_BROKER_HEARTBEAT = 10  # AMQP only; Redis uses health_check_interval below
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT = "chatproject.broker:RedisTransport"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": RUN_TIME_LIMIT_SECONDS + 120,
+        "health_check_interval": 10,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+    }
 # The operator's data gateway, read by the crew's gateway tool (agents.gateway); unset: no tool.
 GATEWAY_URL = env_url("GATEWAY_URL")
 GATEWAY_TIMEOUT_SECONDS = env_int("GATEWAY_TIMEOUT_SECONDS", 10, minimum=1, maximum=300)

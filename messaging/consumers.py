@@ -17,7 +17,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from chatproject.client_ip import scope_client_ip
 from messaging.streams import Subscription
 from threads import rates
-from threads.errors import ApplicationError, Invalid, RateLimited, TooManyRequests
+from threads.errors import ApplicationError, Invalid, RateLimited, RetryLater
 from threads.middleware import scope_user
 from threads.models import User
 
@@ -154,7 +154,7 @@ class EventsConsumer(HubSocket):
             "type": "error",
             "error": {"code": exc.code, "message": exc.message, "fields": exc.fields},
         }
-        if isinstance(exc, TooManyRequests):
+        if isinstance(exc, RetryLater):
             payload["error"]["retryAfter"] = exc.retry_after
         if request is not None:
             payload["action"] = request.get("action")

@@ -42,18 +42,27 @@ class TooLarge(ApplicationError):
     code = "too_large"
 
 
-class TooManyRequests(ApplicationError):
+class RetryLater(ApplicationError):
     """A refusal the caller can retry later: `retry_after` whole seconds, at least 1, which every
     door sends its own way (the `Retry-After` header, a socket frame's `retryAfter`)."""
-
-    status = 429
-    code = "too_many_requests"
 
     def __init__(
         self, message: str, *, retry_after: float, fields: dict[str, Any] | None = None
     ) -> None:
         super().__init__(message, fields=fields)
         self.retry_after = max(1, math.ceil(retry_after))
+
+
+class TooManyRequests(RetryLater):
+    status = 429
+    code = "too_many_requests"
+
+
+class Unavailable(RetryLater):
+    """A part the request needs (the database) is not answering; nothing was half-stored."""
+
+    status = 503
+    code = "unavailable"
 
 
 class RateLimited(TooManyRequests):
@@ -77,6 +86,6 @@ class BudgetExceeded(TooManyRequests):
 
 def retry_after_headers(exc: ApplicationError) -> dict[str, str]:
     """The `Retry-After` header of a refusal that has one, for every HTTP door."""
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, RetryLater):
         return {"Retry-After": str(exc.retry_after)}
     return {}

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from agents import context, housekeeping, llm
@@ -138,6 +138,16 @@ def run_execute(*, run_id: str) -> None:
                 raise
     except LLMError as exc:
         status, error = AgentRun.Status.FAILED, exc.message
+    except (OperationalError, InterfaceError) as exc:
+        if not stream.parts:
+            # The database went away before the model said anything (building the prompt,
+            # say): nothing is lost by asking again, so the run is left to the reaper, which
+            # re-runs it once its heartbeat is stale and the database answers again.
+            logger.warning("run %s: database lost before the first token: %s", run.pk, exc)
+            connection.close()
+            return
+        logger.exception("run %s failed", run.pk)
+        status, error = AgentRun.Status.FAILED, "The reply failed because of an internal error."
     except Exception:
         logger.exception("run %s failed", run.pk)
         status, error = AgentRun.Status.FAILED, "The reply failed because of an internal error."
@@ -165,6 +175,45 @@ def _run_close(
     provider: Any,
     reported_cost: Decimal | None = None,
 ) -> None:
+    """End the run with what it produced. The text is already complete here, so a database that
+    stops answering costs a wait, not the answer: the close is retried (each try one whole
+    transaction, on a fresh connection) for CLOSE_RETRY_SECONDS. Generating again, which the
+    reaper would otherwise do, gives a different answer and throws this one away."""
+    deadline = time.monotonic() + settings.CLOSE_RETRY_SECONDS
+    pause = 0.25
+    while True:
+        try:
+            locked = _run_close_once(
+                run=run,
+                stream=stream,
+                status=status,
+                error=error,
+                usage=usage,
+                meta=meta,
+                reported_cost=reported_cost,
+            )
+            break
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("closing run %s failed (%s); retrying in %.2f s", run.pk, exc, pause)
+            connection.close()  # back to the pool, which drops it if it is broken
+            time.sleep(pause)
+            pause = min(pause * 2, 4.0)
+    if locked is not None and status == AgentRun.Status.COMPLETE:
+        _upkeep(locked, provider)
+
+
+def _run_close_once(
+    *,
+    run: AgentRun,
+    stream: Stream,
+    status: str,
+    error: str,
+    usage: Usage,
+    meta: dict[str, Any],
+    reported_cost: Decimal | None,
+) -> AgentRun | None:
     with transaction.atomic():
         locked = (
             AgentRun.objects.select_for_update(of=("self",))
@@ -172,7 +221,11 @@ def _run_close(
             .get(pk=run.pk)
         )
         if locked.status in TERMINAL:
-            return  # the reaper or a stop already ended it
+            return None  # the reaper or a stop already ended it
+        if locked.attempts != run.attempts:
+            return None  # claimed again (this worker looked lost): that attempt's answer stands
+        # Also when the reaper has put it back in the queue during a long outage but nobody has
+        # claimed it yet: this answer is whole, and the queued task will find the run ended.
         locked.message._file_ids = []  # an AI reply has no attachments: no query for them
         locked.prompt_tokens = usage.prompt_tokens
         locked.completion_tokens = usage.completion_tokens
@@ -184,8 +237,7 @@ def _run_close(
             meta=meta,
             reported_cost=reported_cost,
         )
-    if status == AgentRun.Status.COMPLETE:
-        _upkeep(locked, provider)
+    return locked
 
 
 def _upkeep(run: AgentRun, provider: Any) -> None:

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from agents.llm import Completion, LLMError
@@ -128,8 +128,6 @@ class Pacer(threading.Thread):
         self.join(timeout=5)
 
     def run(self) -> None:
-        from django.db import connection
-
         save_every = max(min(settings.STREAM_SAVE_MS / 1000, self.HEARTBEAT_EVERY), 0.01)
         next_save = time.monotonic() + save_every
         try:
@@ -156,6 +154,11 @@ class Pacer(threading.Thread):
                         if save_progress(self.stream) and not self.cancelled.is_set():
                             self.cancelled.set()
                             self._abort_model()
+                except (OperationalError, InterfaceError) as exc:
+                    # The database restarted: this thread's connection is dead for good, and
+                    # Django would hand it out again. Closed, the next round takes a new one.
+                    logger.warning("pacer of run %s: database: %s", self.stream.run.pk, exc)
+                    connection.close()
                 except Exception:
                     # A busy database or a lost Redis connection for a moment must not end
                     # the pulse of the reply; the next round tries again.

@@ -14,12 +14,15 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import transaction
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from messaging.events.catalog import TRANSIENT_TYPES, EventType, encode, event_make
 
@@ -29,6 +32,12 @@ logger = logging.getLogger(__name__)
 # channel name and the message serialisation of the pub/sub layer) was checked against: see
 # requirements.txt (channels-redis>=4.3,<4.4). Re-check those lines when the pin moves.
 CHANNELS_REDIS_CHECKED = "4.3.0"
+
+# What a Redis restart raises at a publisher; anything else is a bug and is not retried.
+CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# How long a logged event is retried through a layer outage before it is given up (it stays in
+# the event log, so a client that reconnects still gets it).
+PUBLISH_RETRY_SECONDS = 60.0
 
 
 def thread_group(thread_id: str) -> str:
@@ -126,7 +135,14 @@ class _DirectPublisher:
 
     def publish(self, group: str, message: dict[str, Any]) -> None:
         # channels_redis.pubsub.RedisPubSubLoopLayer._get_group_channel_name (channels-redis 4.3.0)
-        self.client.publish(f"{self.prefix}__group__{group}", self.layer.serialize(message))
+        channel, payload = f"{self.prefix}__group__{group}", self.layer.serialize(message)
+        try:
+            self.client.publish(channel, payload)
+        except CONNECTION_ERRORS:
+            # After a Redis restart the pooled connection fails once; redis-py connects anew
+            # on the next command. A delta is not worth more than one more try: a client that
+            # misses one sees the gap in the next delta's offset and refetches.
+            self.client.publish(channel, payload)
 
 
 _direct_state: dict[str, Any] = {}
@@ -192,7 +208,7 @@ class _Publisher:
         while True:
             group, message = await self.queue.get()
             try:
-                await layer.group_send(group, message)
+                await self._send(layer, group, message)
             except Exception:
                 # The change is committed and logged; a subscriber who missed the live copy
                 # fills the gap from the log on the next event or on reconnect.
@@ -202,6 +218,27 @@ class _Publisher:
                     self.pending -= 1
                     if self.pending == 0:
                         self.idle.set()
+
+    async def _send(self, layer: Any, group: str, message: dict[str, Any]) -> None:
+        """Send one logged event, through a Redis restart: the layer's connection fails the
+        first command after one (the terminal event of a reply was lost that way, and the
+        reply looked stuck to every open socket), so a connection error is retried until the
+        layer is back or PUBLISH_RETRY_SECONDS have passed. Later events wait behind it, which
+        keeps their order."""
+        deadline = time.monotonic() + PUBLISH_RETRY_SECONDS
+        pause = 0.1
+        while True:
+            try:
+                await layer.group_send(group, message)
+                return
+            except CONNECTION_ERRORS as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                logger.warning(
+                    "publishing %s to %s: %s; retrying", message["event"]["type"], group, exc
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def submit(self, group: str, message: dict[str, Any]) -> None:
         assert self.queue is not None  # noqa: S101 - set before `ready`

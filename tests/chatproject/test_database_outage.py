@@ -1,0 +1,88 @@
+"""A database that stops answering is a 503 with Retry-After in each door's error shape, never a
+500. The outage is simulated by making the first query a door makes raise what psycopg raises
+when the server goes away; tests/faults/test_postgres_restart.py does it for real."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import OperationalError
+from django.test import AsyncClient, Client
+
+from tests.conftest import Cast
+from threads import services as thread_services
+
+
+class DatabaseGone:
+    """A test double for an outage: every query through Django's cursor fails."""
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        raise OperationalError("terminating connection due to administrator command")
+
+
+def _token(cast: Cast) -> str:
+    return thread_services.token_issue(user=cast.alice)[1]
+
+
+def _gone(connection: Any) -> Any:
+    return connection.execute_wrapper(DatabaseGone())
+
+
+@pytest.mark.django_db
+def test_a_rest_call_during_an_outage_is_503_in_the_one_error_shape(cast: Cast) -> None:
+    from django.db import connection
+
+    client = Client(headers={"Authorization": f"Bearer {_token(cast)}"})
+    with _gone(connection):
+        response = client.get("/api/v1/me/")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "2"
+    assert response.json()["error"]["code"] == "unavailable"
+    assert set(response.json()["error"]) == {"code", "message", "fields"}
+
+
+@pytest.mark.django_db
+def test_chat_svc_during_an_outage_is_503_in_its_own_shape(cast: Cast) -> None:
+    from django.db import connection
+
+    client = Client(headers={"Authorization": f"Bearer {_token(cast)}"})
+    with _gone(connection):
+        response = client.post("/chat-svc/threads", {}, content_type="application/json")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "2"
+    assert set(response.json()) == {"error"}
+    assert isinstance(response.json()["error"], str)
+
+
+@pytest.mark.django_db
+async def test_an_async_door_during_an_outage_is_503_not_500(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The BFF's message route and the SSE stream are plain async views, outside DRF's handler:
+    the middleware answers for them."""
+
+    def token_lookup_gone(raw: str) -> None:
+        raise OperationalError("the connection is lost")
+
+    monkeypatch.setattr("messaging.sse.user_from_token", token_lookup_gone)
+    client = AsyncClient()
+    auth = {"Authorization": "Bearer any"}
+    for response in (
+        await client.post(
+            "/api/v1/chat/messages", {"message": "hi"}, "application/json", headers=auth
+        ),
+        await client.get("/api/v1/events/", headers={**auth, "Accept": "text/event-stream"}),
+    ):
+        assert response.status_code == 503
+        assert response["Retry-After"] == "2"
+        assert response.json()["error"]["code"] == "unavailable"
+
+
+@pytest.mark.django_db
+def test_the_schema_documents_503_with_retry_after() -> None:
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    post = schema["paths"]["/api/v1/threads/{thread_id}/messages/"]["post"]
+    assert "Retry-After" in post["responses"]["503"]["headers"]
