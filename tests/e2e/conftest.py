@@ -120,6 +120,9 @@ class E2EServer:
             DJANGO_SETTINGS_MODULE="chatproject.settings",
             VAR_DIR=str(self.var_dir),
             PYTHONUNBUFFERED="1",
+            # The browser tests seed hundreds of messages through the API in seconds; the
+            # limits have their own tests (tests/chatproject/test_rate_limits.py).
+            RATE_LIMITS="0",
         )
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(

@@ -299,6 +299,7 @@ def celery_worker(name: str, env: dict[str, str], logs: Path) -> subprocess.Pope
 class Stack:
     server: Server
     workers: list[subprocess.Popen[bytes]]
+    worker_names: list[str]
     env: dict[str, str]
     token: str
     database_url: str
@@ -337,6 +338,7 @@ def stack(private_redis: PrivateRedis, token_server: str, tmp_path: Path) -> Ite
         yield Stack(
             server=server,
             workers=workers,
+            worker_names=["worker-1", "worker-2"],
             env=env,
             token=token,
             database_url=database_url,

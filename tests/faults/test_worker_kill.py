@@ -32,8 +32,8 @@ ENDS_WITHIN = 60.0
 def _received(stack: Stack) -> dict[int, int]:
     """How many tasks each live worker has taken, by position in stack.workers."""
     counts = {}
-    for index, worker in enumerate(stack.workers):
-        log = stack.logs / f"{worker.args[-3].split('@')[0]}.log"  # type: ignore[index]
+    for index, name in enumerate(stack.worker_names):
+        log = stack.logs / f"{name}.log"
         counts[index] = log.read_text(errors="replace").count("] received")
     return counts
 
@@ -77,7 +77,9 @@ async def _kill_mid_reply(stack: Stack, trial: int) -> tuple[float, str]:
             victim.send_signal(signal.SIGKILL)
             victim.wait(timeout=10)
             killed_at = time.monotonic()
-            stack.workers[busy[0]] = celery_worker(f"worker-{trial + 3}", stack.env, stack.logs)
+            name = f"worker-{trial + 3}"
+            stack.workers[busy[0]] = celery_worker(name, stack.env, stack.logs)
+            stack.worker_names[busy[0]] = name
             told: float | None = None
             while time.monotonic() - killed_at < ENDS_WITHIN:
                 try:
