@@ -20,6 +20,7 @@ from django.db import transaction
 from agents.models import AgentRun, AIModel
 from agents.selectors import model_for_request
 from agents.services.artifacts import thread_delete
+from agents.services.lines import reply_queue_check
 from agents.services.replies import reply_request
 from messaging import selectors as message_selectors
 from messaging import services as message_services
@@ -56,7 +57,8 @@ def message_send(
     gateway_token: str | None = None,
 ) -> Posted:
     """Post `user`'s message to `thread` and, when a reply is wanted, ask the model for it, in
-    one transaction: a refused reply (the balance, say) takes the question back with it.
+    one transaction: a refused reply (the balance, a full reply line) takes the question back
+    with it.
 
     `reply` None means the thread's aiReply setting. The model is `model` when the door has
     already resolved one (AI-at-Work's legacy numbers), else `model_ref` (an id or name) or the
@@ -70,6 +72,10 @@ def message_send(
         model = None
     elif model is None:
         model = model_for_request(user=user, model_ref=model_ref)
+    if model is not None and not message_id:
+        # A full line refuses before anything is written. (A post with a client id may be a
+        # retry, which asks for nothing: reply_request's own check, under the lock, decides.)
+        reply_queue_check(user_id=user.pk)
     with transaction.atomic():
         message, created = message_services.message_post(
             thread=thread,

@@ -11,10 +11,12 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
+from django.utils import timezone
 
 from agents.models import AgentMode, AgentRun, AIModel, LedgerEntry
 from agents.services.finish import TERMINAL, run_finish
 from agents.services.ledger import account_lock, balance_take, most_a_reply_can_cost
+from agents.services.lines import enqueue, line_join, reply_queue_check
 from messaging import services as messaging_services
 from messaging.models import Message
 from threads.errors import Conflict, Forbidden, NotFound
@@ -48,10 +50,18 @@ def reply_request(
     """Create the queued AI message and its run, reserve the money, queue the worker on commit.
 
     Call inside the transaction that stored the question: a refusal (403 for a balance at or
-    below zero or below what the reply may cost) rolls the question back with it, and no model
-    is called. `gateway_token` is the asker's bearer token, forwarded by the crew's gateway tool
-    and kept only in the cache for the run's lifetime (never in the database).
+    below zero or below what the reply may cost, 429 ReplyQueueFull for a full line) rolls the
+    question back with it, and no model is called. `gateway_token` is the asker's bearer token,
+    forwarded by the crew's gateway tool and kept only in the cache for the run's lifetime
+    (never in the database).
+
+    The run is dispatched on commit if the asker has a free place in their line, else held
+    (status `queued`, meta `waiting`) until one of their replies ends (agents.services.lines).
+    Locks the thread, the account, then the asker's line: the order every run transaction keeps.
     """
+    # The thread before the account (a question's post has locked it already; a regenerate
+    # has not): run_finish takes them in this order too.
+    list(Thread.objects.select_for_update().filter(pk=thread.pk).values_list("pk"))
     mode = agent_mode_for(thread=thread, model=model)
     reserve = most_a_reply_can_cost(model)
     if mode == AgentMode.CREW:
@@ -68,18 +78,26 @@ def reply_request(
         account.balance -= reserve
         account.save(update_fields=["balance", "updated_at"])
         account_id = account.pk
+    place = line_join(user_id=requester.pk)
     run_id = new_run_id()
+    meta: dict[str, object] = {
+        "modelId": model.pk,
+        "platformId": model.provider,
+        "model": model.name,
+        "mode": mode,
+    }
+    if not place.dispatch:
+        meta["waiting"] = {
+            "reason": f"You have {settings.REPLY_CONCURRENCY_PER_USER} replies being written; "
+            "this one waits for its turn.",
+            "ahead": place.ahead,
+        }
     message, _ = messaging_services.message_post(
         thread=thread,
         author=None,
         text="",
         status=Message.Status.QUEUED,
-        meta={
-            "modelId": model.pk,
-            "platformId": model.provider,
-            "model": model.name,
-            "mode": mode,
-        },
+        meta=meta,
     )
     run = AgentRun.objects.create(
         id=run_id,
@@ -90,6 +108,7 @@ def reply_request(
         model=model,
         mode=mode,
         reserved=reserve,
+        dispatched_at=timezone.now() if place.dispatch else None,
     )
     # The balance already moved (above); this is its entry.
     LedgerEntry.objects.create(
@@ -103,22 +122,14 @@ def reply_request(
         token_key = gateway_token_key(run_id)
         timeout = settings.RUN_TIME_LIMIT_SECONDS * 2 + 600
         transaction.on_commit(lambda: cache.set(token_key, gateway_token, timeout=timeout))
-    transaction.on_commit(lambda: enqueue(run_id, crew=mode == AgentMode.CREW))
+    if place.dispatch:
+        transaction.on_commit(lambda: enqueue(run_id, crew=mode == AgentMode.CREW))
     return run
 
 
 def gateway_token_key(run_id: str) -> str:
     """Where the asker's bearer token waits in the cache for the run's crew (crew_runs)."""
     return f"threadline:run-gateway-token:{run_id}"
-
-
-def enqueue(run_id: str, *, crew: bool = False, countdown: float = 0) -> None:
-    """Queue the run's id for a worker (a crew on the crew queue). Called on commit, or by a
-    worker or the reaper for a run that is already committed: never before its post commits."""
-    from agents.tasks import run_agent
-
-    queue = settings.CREW_QUEUE if crew else None
-    run_agent.apply_async(args=(run_id,), queue=queue, countdown=countdown or None)
 
 
 def reply_regenerate(
@@ -132,6 +143,7 @@ def reply_regenerate(
         raise Conflict("Only AI replies can be regenerated.")
     if run.status not in TERMINAL:
         raise Conflict("This reply is still being written; stop it first.")
+    reply_queue_check(user_id=actor.pk)
     return reply_request(
         thread=message.thread,
         requester=actor,
