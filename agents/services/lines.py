@@ -52,7 +52,7 @@ class Place:
     ahead: int
 
 
-def _counts(user_id: int) -> tuple[int, int]:
+def _counts(user_id: str) -> tuple[int, int]:
     """(dispatched, held) unfinished runs of the user, in one query."""
     counts = AgentRun.objects.filter(requested_by_id=user_id, status__in=UNFINISHED).aggregate(
         dispatched=Count("pk", filter=Q(dispatched_at__isnull=False)),
@@ -61,7 +61,7 @@ def _counts(user_id: int) -> tuple[int, int]:
     return int(counts["dispatched"]), int(counts["held"])
 
 
-def _line_lock(*, user_id: int, skip_locked: bool = False) -> bool:
+def _line_lock(*, user_id: str, skip_locked: bool = False) -> bool:
     """Lock the user's line row for this transaction (made on first use); False only when
     `skip_locked` and another transaction holds it."""
     query = UserLine.objects.select_for_update(skip_locked=skip_locked).filter(user_id=user_id)
@@ -73,7 +73,7 @@ def _line_lock(*, user_id: int, skip_locked: bool = False) -> bool:
     return query.first() is not None
 
 
-def _queue_full(user_id: int) -> ReplyQueueFull:
+def _queue_full(user_id: str) -> ReplyQueueFull:
     """The refusal, with a Retry-After of about when the user's next place frees: their recent
     replies' mean length, less how long their oldest running one has been going."""
     recent = list(
@@ -87,7 +87,7 @@ def _queue_full(user_id: int) -> ReplyQueueFull:
         .values_list("started_at", "finished_at")[:10]
     )
     typical = (
-        fmean((end - start).total_seconds() for start, end in recent)
+        fmean((end - start).total_seconds() for start, end in recent if start and end)
         if recent
         else DEFAULT_REPLY_SECONDS
     )
@@ -108,7 +108,7 @@ def _queue_full(user_id: int) -> ReplyQueueFull:
     )
 
 
-def reply_queue_check(*, user_id: int) -> None:
+def reply_queue_check(*, user_id: str) -> None:
     """Refuse a reply the user's line has no room for, before anything is written. Unlocked,
     so it only spares the work: `line_join` decides, under the lock."""
     dispatched, held = _counts(user_id)
@@ -116,7 +116,7 @@ def reply_queue_check(*, user_id: int) -> None:
         raise _queue_full(user_id)
 
 
-def line_join(*, user_id: int) -> Place:
+def line_join(*, user_id: str) -> Place:
     """Lock the user's line and place a reply about to be made: dispatched at once when the user
     has a free place, else held; ReplyQueueFull when REPLY_QUEUE_PER_USER already wait.
     Call inside the transaction that creates the run, after the thread and account locks."""
@@ -132,7 +132,7 @@ def line_join(*, user_id: int) -> Place:
     return Place(dispatch=dispatched < cap and held == 0, ahead=held)
 
 
-def line_fill(*, user_id: int, skip_locked: bool = False) -> int:
+def line_fill(*, user_id: str, skip_locked: bool = False) -> int:
     """Dispatch the user's oldest held runs into their free places, on commit; how many.
 
     Call inside a transaction, after the thread and account locks (`run_finish` calls it once
@@ -146,9 +146,7 @@ def line_fill(*, user_id: int, skip_locked: bool = False) -> int:
         return 0
     runs = list(
         AgentRun.objects.select_for_update(skip_locked=True, of=("self",))
-        .filter(
-            requested_by_id=user_id, status=AgentRun.Status.QUEUED, dispatched_at__isnull=True
-        )
+        .filter(requested_by_id=user_id, status=AgentRun.Status.QUEUED, dispatched_at__isnull=True)
         .order_by("created_at", "pk")
         .only("pk", "mode")[:free]
     )
