@@ -92,6 +92,9 @@ class ReplyOutput(serializers.Serializer):
 
 
 class ThreadMessagesApi(APIView):
+    # A post asking for a reply past the caller's reply queue: 429 reply_queue_full.
+    too_many_requests_on = ("POST",)
+
     class InputSerializer(StrictInputSerializer):
         id = ClientIdField(required=False)
         text = StrictCharField(allow_blank=True, trim_whitespace=False)
@@ -233,6 +236,8 @@ class MessageStopApi(APIView):
 
 
 class MessageRegenerateApi(APIView):
+    too_many_requests_on = ("POST",)  # the caller's reply queue is full: 429 reply_queue_full
+
     @extend_schema(
         request=None,
         responses={201: MessageOutput},
