@@ -175,19 +175,20 @@ def lines_fill_stranded(*, limit: int = 100) -> int:
                 transaction.on_commit(
                     functools.partial(enqueue, run_id, crew=mode == AgentMode.CREW)
                 )
-    user_ids = list(
-        AgentRun.objects.filter(
-            status=AgentRun.Status.QUEUED,
-            dispatched_at__isnull=True,
-            requested_by__isnull=False,
+    # One query finds the stranded lines (normally none), so a reaper tick costs one query
+    # however many users have replies waiting; line_fill checks again under the lock.
+    stranded = (
+        AgentRun.objects.filter(status__in=UNFINISHED, requested_by__isnull=False)
+        .values("requested_by_id")
+        .annotate(
+            dispatched=Count("pk", filter=Q(dispatched_at__isnull=False)),
+            held=Count("pk", filter=Q(dispatched_at__isnull=True)),
         )
-        .values_list("requested_by_id", flat=True)
+        .filter(held__gt=0, dispatched__lt=settings.REPLY_CONCURRENCY_PER_USER)
         .order_by("requested_by_id")
-        .distinct()[:limit]
+        .values_list("requested_by_id", flat=True)[:limit]
     )
-    for user_id in user_ids:
-        if user_id is None:
-            continue
+    for user_id in list(stranded):
         with transaction.atomic():
             dispatched += line_fill(user_id=user_id, skip_locked=True)
     return dispatched
