@@ -290,6 +290,10 @@ def main() -> None:
             table(headers, rows),
             "",
             *bullets,
+            "- why: alice's replies past her 2 are held back, never published, so the broker "
+            "and the workers' prefetch hold at most 2 of hers and bob's task finds a free "
+            "worker slot (4 threads embedded, 2x2 processes with Celery); with the cap off "
+            "her 50 tasks are ahead of his in the broker.",
         ]
     )
     print(body)
