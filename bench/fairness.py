@@ -195,14 +195,14 @@ def run_profile(profile: str, cap: int, trials: int, token_url: str) -> dict[str
         left = asyncio.run(alice_unfinished(base, alice))
     finally:
         procs.stop_all()
-    result = {"unloaded": unloaded, "loaded": loaded, "alice_left": left}
     print(
         profile,
         cap,
-        {k: v if k == "alice_left" else [round(x) for x in v] for k, v in result.items()},
+        {"unloaded": [round(x) for x in unloaded], "loaded": [round(x) for x in loaded]},
+        f"alice unfinished after: {left}",
         flush=True,
     )
-    return result
+    return {"unloaded": unloaded, "loaded": loaded, "alice_left": left}
 
 
 def main() -> None:
