@@ -254,7 +254,9 @@ class AutoSchema(SpectacularAutoSchema):
             statuses.add(409)  # a client-chosen id taken, or a state that refuses the action
         if has_body:
             statuses |= {413, 415}  # chatproject.limits.BodySizeLimit, DATA_UPLOAD_MAX_MEMORY_SIZE
-        if self.view.get_throttles() or self.method in getattr(self.view, "too_many_requests_on", ()):
+        if self.view.get_throttles() or self.method in getattr(
+            self.view, "too_many_requests_on", ()
+        ):
             statuses.add(429)
         return sorted(statuses)
 

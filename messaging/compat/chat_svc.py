@@ -95,7 +95,9 @@ def chat_message_json(message: Message | MessageRow) -> dict[str, Any]:
     }
 
 
-def chat_svc_error(message: str, status: int, headers: dict[str, str] | None = None) -> JsonResponse:
+def chat_svc_error(
+    message: str, status: int, headers: dict[str, str] | None = None
+) -> JsonResponse:
     return JsonResponse({"error": message}, status=status, headers=headers)
 
 
