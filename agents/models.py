@@ -8,6 +8,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from messaging.models import Message
 from threads.ids import ID_MAX_LENGTH, new_artifact_id, new_model_id, new_run_id
@@ -237,6 +238,10 @@ class AgentRun(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When the run was handed to the broker; empty while it is held back because its asker
+    # already has REPLY_CONCURRENCY_PER_USER replies going (agents.services.lines). Only
+    # reply_request holds a run back; a run made any other way counts as dispatched.
+    dispatched_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     reserved = models.DecimalField(default=Decimal(0), max_digits=16, decimal_places=6)
@@ -254,10 +259,29 @@ class AgentRun(models.Model):
             models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat"),
             # A budget sums the asker's runs of the period.
             models.Index(fields=["requested_by", "created_at"], name="run_asker_created"),
+            # A user's unfinished runs, counted and walked oldest first on every dispatch.
+            models.Index(fields=["requested_by", "status", "created_at"], name="run_user_status"),
         ]
 
     def __str__(self) -> str:
         return f"{self.id} ({self.status})"
+
+
+class UserLine(models.Model):
+    """One row per user who has asked for a reply: the lock every decision to dispatch one of
+    that user's replies takes (a post, a finish, the reaper), so two of them can never both
+    see a free place and together dispatch past REPLY_CONCURRENCY_PER_USER. Nothing else is
+    kept here: how many runs are going is counted from the runs themselves."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="reply_line",
+    )
+
+    def __str__(self) -> str:
+        return f"reply line of {self.user_id}"
 
 
 class LedgerEntry(models.Model):

@@ -99,7 +99,7 @@ def start_worker() -> threading.Thread:
     worker = app.WorkController(
         queues=["celery", settings.CREW_QUEUE],
         pool_cls="threads",
-        concurrency=2,
+        concurrency=settings.EMBEDDED_WORKER_CONCURRENCY,
         without_heartbeat=True,
         without_mingle=True,
         without_gossip=True,

@@ -314,6 +314,9 @@ EMBEDDED_WORKER = CELERY_BROKER_URL.startswith("memory://")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A worker reserves no more tasks than it runs (acks_late: a running task is still unacked), so
+# nothing waits inside one worker while another is idle. Fairness between users does not rest
+# on this alone: a user's replies past REPLY_CONCURRENCY_PER_USER are never published at all.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {"polling_interval": 0.05} if CELERY_BROKER_URL.startswith("memory://") else {}
@@ -447,6 +450,14 @@ if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         "socket_keepalive": True,
         "retry_on_timeout": True,
     }
+
+# Fair scheduling (agents.services.lines): a user has at most this many replies generating at
+# once (LibreChat's CONCURRENT_MESSAGE_MAX); more wait, held back from the broker, up to
+# REPLY_QUEUE_PER_USER of them; past that a request is refused (429 reply_queue_full).
+REPLY_CONCURRENCY_PER_USER = env_int("REPLY_CONCURRENCY_PER_USER", 2, minimum=1)
+REPLY_QUEUE_PER_USER = env_int("REPLY_QUEUE_PER_USER", 20, minimum=0)
+# The embedded worker's threads: more than one user's cap, so one busy user never fills them.
+EMBEDDED_WORKER_CONCURRENCY = env_int("EMBEDDED_WORKER_CONCURRENCY", 4, minimum=1)
 # The operator's data gateway, read by the crew's gateway tool (agents.gateway); unset: no tool.
 GATEWAY_URL = env_url("GATEWAY_URL")
 GATEWAY_TIMEOUT_SECONDS = env_int("GATEWAY_TIMEOUT_SECONDS", 10, minimum=1, maximum=300)

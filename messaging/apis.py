@@ -91,7 +91,8 @@ class ReplyOutput(serializers.Serializer):
 
 
 class ThreadMessagesApi(APIView):
-    # The poster's message and reply rates (threads.rates), a budget (agents.services.budgets).
+    # The poster's message and reply rates (threads.rates), a budget (agents.services.budgets),
+    # the caller's reply queue (reply_queue_full).
     too_many_requests_on = ("POST",)
 
     class InputSerializer(StrictInputSerializer):
@@ -235,7 +236,7 @@ class MessageStopApi(APIView):
 
 
 class MessageRegenerateApi(APIView):
-    too_many_requests_on = ("POST",)  # the reply rate, a budget
+    too_many_requests_on = ("POST",)  # the reply rate, a budget, the reply queue
 
     @extend_schema(
         request=None,

@@ -10,8 +10,9 @@ ledger settled to the real token count, and a `chatMessageCompleted` event.
 One module a job, each importing only those before it:
 
 - `ledger`: accounts, credit, what a reply costs and may cost, the settlement;
-- `finish`: the end of a run (message, usage, money, event);
-- `replies`: asking, asking again, stopping, queueing the run;
+- `lines`: each user's reply line (the per-user cap, held runs, queueing a run's id);
+- `finish`: the end of a run (message, usage, money, event), and the line moving on;
+- `replies`: asking, asking again, stopping;
 - `streaming`: the growing text, its deltas, partial saves and heartbeat;
 - `artifacts`: artifacts and the thread delete that removes their bytes;
 - `crew_runs`: crew slots and the crew run;

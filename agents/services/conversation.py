@@ -20,6 +20,7 @@ from django.db import transaction
 from agents.models import AgentRun, AIModel
 from agents.selectors import model_for_request
 from agents.services.artifacts import thread_delete
+from agents.services.lines import reply_queue_check
 from agents.services.replies import reply_regenerate, reply_request
 from messaging import selectors as message_selectors
 from messaging import services as message_services
@@ -57,7 +58,8 @@ def message_send(
     gateway_token: str | None = None,
 ) -> Posted:
     """Post `user`'s message to `thread` and, when a reply is wanted, ask the model for it, in
-    one transaction: a refused reply (the balance, say) takes the question back with it.
+    one transaction: a refused reply (the balance, a full reply line) takes the question back
+    with it.
 
     `reply` None means the thread's aiReply setting. The model is `model` when the door has
     already resolved one (AI-at-Work's legacy numbers), else `model_ref` (an id or name) or the
@@ -69,6 +71,10 @@ def message_send(
     wants_reply = thread.ai_reply if reply is None else reply
     model = _reply_model(user=user, wants_reply=wants_reply, model_ref=model_ref, model=model)
     _post_limits_take(user=user, reply=model is not None)
+    if model is not None and not message_id:
+        # A full line refuses before anything is written. (A post with a client id may be a
+        # retry, which asks for nothing: reply_request's own check, under the lock, decides.)
+        reply_queue_check(user_id=user.pk)
     return _post(
         user=user,
         thread=thread,
@@ -219,6 +225,7 @@ def session_post(
     _require_content(text=text, file_ids=file_ids)
     model = _reply_model(user=user, wants_reply=True, model_ref=model_ref, model=model)
     _post_limits_take(user=user, reply=True)
+    reply_queue_check(user_id=user.pk)
     with transaction.atomic():
         thread, created = session_open(
             user=user, session_id=session_id, title=title, session_prompt=session_prompt

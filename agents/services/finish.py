@@ -16,9 +16,11 @@ from django.utils import timezone
 
 from agents.models import AgentMode, AgentRun, CrewSlot
 from agents.services.ledger import reply_cost, settle
+from agents.services.lines import line_fill
 from messaging import services as messaging_services
 from messaging.livetext import live_text_drop
 from messaging.models import Message
+from threads.models import Thread
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,14 @@ def run_finish(
     `reported_cost` is what a provider that prices its own work (an external agent) said the
     reply cost; it replaces the token price. Either way the charge goes through `settle`, so
     the reservation caps it: an agent that reports more than was held is charged what was held,
-    and the message's usage shows both (`cost` charged, `reportedCost` claimed)."""
+    and the message's usage shows both (`cost` charged, `reportedCost` claimed).
+
+    Call with the run's row locked. Locks, in the one order every run transaction keeps (see
+    agents.services.lines): the thread, the asker's account, the asker's line; the asker's
+    oldest held reply, if any, takes the place this run gives back."""
+    # The thread first: a post locks its thread before the account, so taking the account
+    # first here (settle) could deadlock against the asker's next post in the same thread.
+    list(Thread.objects.select_for_update().filter(pk=run.thread_id).values_list("pk"))
     extra = dict(meta or {})
     now = timezone.now()
     if reported_cost is not None:
@@ -108,3 +117,5 @@ def run_finish(
     )
     settle(run=run, cost=cost)
     transaction.on_commit(functools.partial(live_text_drop, message_id=run.message_id))
+    if run.requested_by_id is not None:
+        line_fill(user_id=run.requested_by_id)

@@ -11,6 +11,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
+from django.utils import timezone
 
 from agents.models import AgentMode, AgentRun, AIModel, LedgerEntry
 from agents.services.budgets import budget_reserve
@@ -21,6 +22,7 @@ from agents.services.ledger import (
     most_a_reply_can_cost,
     most_tokens_a_reply_can_use,
 )
+from agents.services.lines import enqueue, line_join, reply_queue_check
 from messaging import services as messaging_services
 from messaging.models import Message
 from threads.errors import Conflict, Forbidden, NotFound
@@ -55,10 +57,18 @@ def reply_request(
 
     Call inside the transaction that stored the question: a refusal (403 for a balance at or
     below zero or below what the reply may cost, 429 BudgetExceeded for a budget it could
-    exceed) rolls the question back with it, and no model is called. `gateway_token` is the
-    asker's bearer token, forwarded by the crew's gateway tool and kept only in the cache for
-    the run's lifetime (never in the database).
+    exceed, 429 ReplyQueueFull for a full line) rolls the question back with it, and no model
+    is called. `gateway_token` is the asker's bearer token, forwarded by the crew's gateway
+    tool and kept only in the cache for the run's lifetime (never in the database).
+
+    The run is dispatched on commit if the asker has a free place in their line, else held
+    (status `queued`, meta `waiting`) until one of their replies ends (agents.services.lines).
+    Locks the thread, the account, the budgets' rows, then the asker's line: the order every
+    run transaction keeps.
     """
+    # The thread before the account (a question's post has locked it already; a regenerate
+    # has not): run_finish takes them in this order too.
+    list(Thread.objects.select_for_update().filter(pk=thread.pk).values_list("pk"))
     mode = agent_mode_for(thread=thread, model=model)
     reserve = most_a_reply_can_cost(model)
     reserve_tokens = most_tokens_a_reply_can_use(model)
@@ -80,18 +90,26 @@ def reply_request(
     # The account is locked now (the UPDATE above, or account_lock): budgets are checked under
     # it, so this user's concurrent reservations are counted one after another.
     budget_reserve(user=requester, amount=reserve, tokens=reserve_tokens)
+    place = line_join(user_id=requester.pk)
     run_id = new_run_id()
+    meta: dict[str, object] = {
+        "modelId": model.pk,
+        "platformId": model.provider,
+        "model": model.name,
+        "mode": mode,
+    }
+    if not place.dispatch:
+        meta["waiting"] = {
+            "reason": f"You have {settings.REPLY_CONCURRENCY_PER_USER} replies being written; "
+            "this one waits for its turn.",
+            "ahead": place.ahead,
+        }
     message, _ = messaging_services.message_post(
         thread=thread,
         author=None,
         text="",
         status=Message.Status.QUEUED,
-        meta={
-            "modelId": model.pk,
-            "platformId": model.provider,
-            "model": model.name,
-            "mode": mode,
-        },
+        meta=meta,
     )
     run = AgentRun.objects.create(
         id=run_id,
@@ -103,6 +121,7 @@ def reply_request(
         mode=mode,
         reserved=reserve,
         reserved_tokens=reserve_tokens,
+        dispatched_at=timezone.now() if place.dispatch else None,
     )
     # The balance already moved (above); this is its entry.
     LedgerEntry.objects.create(
@@ -116,22 +135,14 @@ def reply_request(
         token_key = gateway_token_key(run_id)
         timeout = settings.RUN_TIME_LIMIT_SECONDS * 2 + 600
         transaction.on_commit(lambda: cache.set(token_key, gateway_token, timeout=timeout))
-    transaction.on_commit(lambda: enqueue(run_id, crew=mode == AgentMode.CREW))
+    if place.dispatch:
+        transaction.on_commit(lambda: enqueue(run_id, crew=mode == AgentMode.CREW))
     return run
 
 
 def gateway_token_key(run_id: str) -> str:
     """Where the asker's bearer token waits in the cache for the run's crew (crew_runs)."""
     return f"threadline:run-gateway-token:{run_id}"
-
-
-def enqueue(run_id: str, *, crew: bool = False, countdown: float = 0) -> None:
-    """Queue the run's id for a worker (a crew on the crew queue). Called on commit, or by a
-    worker or the reaper for a run that is already committed: never before its post commits."""
-    from agents.tasks import run_agent
-
-    queue = settings.CREW_QUEUE if crew else None
-    run_agent.apply_async(args=(run_id,), queue=queue, countdown=countdown or None)
 
 
 def reply_regenerate(
@@ -145,9 +156,7 @@ def reply_regenerate(
         raise Conflict("Only AI replies can be regenerated.")
     if run.status not in TERMINAL:
         raise Conflict("This reply is still being written; stop it first.")
-    # The thread first, as a post takes it (message_post) before reply_request locks the
-    # account: the lock order of agents.services.budgets, which run_finish follows too.
-    Thread.objects.select_for_update().filter(pk=message.thread_id).values_list("pk").first()
+    reply_queue_check(user_id=actor.pk)
     return reply_request(
         thread=message.thread,
         requester=actor,

@@ -28,7 +28,7 @@ from agents.services.crew_runs import (
     crew_wait_note,
 )
 from agents.services.finish import TERMINAL, run_finish
-from agents.services.replies import enqueue
+from agents.services.lines import enqueue, lines_fill_stranded
 from agents.services.streaming import Stream, flush, pump
 from messaging import services as messaging_services
 from messaging.livetext import live_text_set
@@ -59,6 +59,8 @@ def claim(run_id: str) -> AgentRun | Wait | None:
         )
         if run is None or run.status in TERMINAL:
             return None
+        if run.dispatched_at is None:
+            return None  # held in its asker's line: run_finish or the reaper dispatches it
         if (
             run.status == AgentRun.Status.RUNNING
             and run.heartbeat_at is not None
@@ -71,6 +73,9 @@ def claim(run_id: str) -> AgentRun | Wait | None:
         if run.mode == AgentMode.CREW and not crew_slot_take(run):
             crew_wait_note(run)
             return WAIT
+        if run.message.meta.get("waiting") is not None:
+            # It waited (its asker's line, or a crew slot) and now has its turn.
+            messaging_services.message_meta_update(message=run.message, meta={"waiting": None})
         now = timezone.now()
         run.status = AgentRun.Status.RUNNING
         run.attempts += 1
@@ -250,8 +255,9 @@ def _upkeep(run: AgentRun, provider: Any) -> None:
 
 
 def runs_reap_stale() -> int:
-    """Runs whose worker stopped sending heartbeats: run again once, then fail. Returns how many
-    were handled. Safe to run in many processes at once (rows are locked, skipped if busy)."""
+    """Runs whose worker stopped sending heartbeats: run again once, then fail; and held runs
+    whose asker has a free place are dispatched. Returns how many were handled. Safe to run in
+    many processes at once (rows are locked, skipped if busy)."""
     stale_before = timezone.now() - timedelta(seconds=settings.RUN_STALE_SECONDS)
     handled = 0
     candidates = list(
@@ -287,4 +293,7 @@ def runs_reap_stale() -> int:
                     status=AgentRun.Status.FAILED,
                     error="The worker writing this reply stopped; please try again.",
                 )
+    # After the re-runs: a run failed above gives its place back (run_finish dispatches then);
+    # this catches held runs nothing will end a run for (the cap raised, a thread deleted).
+    handled += lines_fill_stranded()
     return handled
