@@ -242,6 +242,9 @@ class AgentRun(models.Model):
     # already has REPLY_CONCURRENCY_PER_USER replies going (agents.services.lines). Only
     # reply_request holds a run back; a run made any other way counts as dispatched.
     dispatched_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
+    # When the reaper sent the task again because no worker had claimed it in
+    # QUEUED_STALE_SECONDS (the broker lost it, say); a run that goes unclaimed once more fails.
+    redispatched_at = models.DateTimeField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     reserved = models.DecimalField(default=Decimal(0), max_digits=16, decimal_places=6)

@@ -432,6 +432,10 @@ BUDGET_MONTHLY_TOKENS = env_limit_int("BUDGET_MONTHLY_TOKENS")
 STREAM_FLUSH_MS = env_int("STREAM_FLUSH_MS", 50, minimum=0)
 STREAM_SAVE_MS = env_int("STREAM_SAVE_MS", 300, minimum=50)
 RUN_STALE_SECONDS = env_int("RUN_STALE_SECONDS", 5, minimum=2)
+# A reply handed to the broker that no worker has claimed this long is sent again once (a
+# broker restart without persistence loses its queue), and failed, its reservation released,
+# if it waits that long once more: longer than a reply waits for a worker on a busy deployment.
+QUEUED_STALE_SECONDS = env_int("QUEUED_STALE_SECONDS", 120, minimum=5)
 RUN_TIME_LIMIT_SECONDS = env_int("RUN_TIME_LIMIT_SECONDS", 300, minimum=10)
 
 # Workers that outlive their broker's restart (docs/reliability.md): reconnect for as long as it

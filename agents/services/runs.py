@@ -72,6 +72,9 @@ def claim(run_id: str) -> AgentRun | Wait | None:
             return None
         if run.mode == AgentMode.CREW and not crew_slot_take(run):
             crew_wait_note(run)
+            # Sent again below, after a pause: waiting for a slot is not sitting unclaimed.
+            run.dispatched_at = timezone.now()
+            run.save(update_fields=["dispatched_at"])
             return WAIT
         if run.message.meta.get("waiting") is not None:
             # It waited (its asker's line, or a crew slot) and now has its turn.
@@ -279,7 +282,8 @@ def runs_reap_stale() -> int:
             if run.attempts < MAX_ATTEMPTS and not run.cancel_requested:
                 run.status = AgentRun.Status.QUEUED
                 run.heartbeat_at = None
-                run.save(update_fields=["status", "heartbeat_at"])
+                run.dispatched_at = timezone.now()
+                run.save(update_fields=["status", "heartbeat_at", "dispatched_at"])
                 messaging_services.message_set_status(
                     message=run.message, status=Message.Status.QUEUED, text=""
                 )
@@ -293,7 +297,51 @@ def runs_reap_stale() -> int:
                     status=AgentRun.Status.FAILED,
                     error="The worker writing this reply stopped; please try again.",
                 )
+    handled += _runs_reap_unclaimed()
     # After the re-runs: a run failed above gives its place back (run_finish dispatches then);
     # this catches held runs nothing will end a run for (the cap raised, a thread deleted).
     handled += lines_fill_stranded()
+    return handled
+
+
+def _runs_reap_unclaimed() -> int:
+    """Runs handed to the broker that no worker claimed in QUEUED_STALE_SECONDS: the task is
+    gone (a broker restart without persistence empties its queues) or stuck. Sent once more;
+    one that goes unclaimed again is failed, which releases its reservation and gives its
+    asker's place to their next held reply. A second task for a run that was only slow is
+    harmless: the claim lets one of them run it."""
+    stale_before = timezone.now() - timedelta(seconds=settings.QUEUED_STALE_SECONDS)
+    candidates = list(
+        AgentRun.objects.filter(
+            status=AgentRun.Status.QUEUED, dispatched_at__lt=stale_before
+        ).values_list("pk", flat=True)[:100]
+    )
+    handled = 0
+    for run_id in candidates:
+        with transaction.atomic():
+            run = (
+                AgentRun.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("model", "message", "requested_by", "thread")
+                .filter(pk=run_id, status=AgentRun.Status.QUEUED, dispatched_at__lt=stale_before)
+                .first()
+            )
+            if run is None:
+                continue
+            handled += 1
+            if run.redispatched_at is None and not run.cancel_requested:
+                logger.warning("run %s sat unclaimed; sending it to the broker again", run.pk)
+                run.dispatched_at = run.redispatched_at = timezone.now()
+                run.save(update_fields=["dispatched_at", "redispatched_at"])
+                transaction.on_commit(
+                    functools.partial(enqueue, run.pk, crew=run.mode == AgentMode.CREW)
+                )
+            else:
+                logger.warning("run %s was never claimed by a worker; failing it", run.pk)
+                run_finish(
+                    run=run,
+                    text=run.message.text,
+                    status=AgentRun.Status.FAILED,
+                    error="No worker picked this reply up (its queued task was lost); "
+                    "please try again.",
+                )
     return handled

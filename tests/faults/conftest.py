@@ -241,6 +241,10 @@ def server_env(
         LLM_BASE_URL=llm_url,
         LLM_API_KEY="unused",
         RUN_STALE_SECONDS="5",
+        # A task the broker lost is sent again after this long (production: 120 s).
+        QUEUED_STALE_SECONDS="10",
+        # The scenarios post faster than a person would; the limits have their own tests.
+        RATE_LIMITS="0",
     )
     if redis_url is not None:
         env["REDIS_URL"] = redis_url

@@ -101,3 +101,63 @@ def test_a_redis_restart_mid_reply_loses_neither_the_workers_nor_the_terminal_ev
         ).fetchone() or (None, None)
         assert isinstance(balance, Decimal) and balance == ledger
     print(f"terminal event after each restart: {[round(r, 2) for r in recoveries]} s")
+
+
+QUEUED_TRIALS = 3
+QUEUED_REPLIES = 3  # two dispatched (the per-user cap) and one held in alice's line
+ALL_END_WITHIN = 120.0
+
+
+def test_a_redis_restart_with_tasks_queued_still_ends_every_accepted_run(
+    stack: Stack, private_redis: PrivateRedis
+) -> None:
+    """This machine's Redis keeps nothing on disk: a restart empties the broker's queue. The
+    runs whose tasks were in it are sent again by the reaper (QUEUED_STALE_SECONDS, 10 s here)
+    and every one ends, with no reservation left held."""
+    from tests.faults.conftest import celery_worker
+
+    base = stack.server.http
+    endings: list[float] = []
+    for trial in range(QUEUED_TRIALS):
+        for worker in stack.workers:
+            worker.terminate()
+        for worker in stack.workers:
+            worker.wait(timeout=30)
+        thread_id = httpx.post(
+            f"{base}/api/v1/threads/", json={"title": "queued"}, headers=stack.headers
+        ).json()["id"]
+        replies = []
+        for n in range(QUEUED_REPLIES):
+            posted = httpx.post(
+                f"{base}/api/v1/threads/{thread_id}/messages/",
+                json={"text": f"q{n}", "reply": True, "modelId": "mdl_tokens"},
+                headers=stack.headers,
+            )
+            assert posted.status_code == 201, posted.text
+            replies.append(posted.json()["reply"]["messageId"])
+        private_redis.restart()  # the queued tasks go with it
+        restarted = time.monotonic()
+        stack.worker_names = [f"worker-q{trial}-{n}" for n in (1, 2)]
+        stack.workers = [celery_worker(name, stack.env, stack.logs) for name in stack.worker_names]
+        pending = set(replies)
+        while pending:
+            assert time.monotonic() - restarted < ALL_END_WITHIN, (
+                f"still not ended: {pending}\n{stack.worker_logs()}"
+            )
+            for message_id in list(pending):
+                message = httpx.get(
+                    f"{base}/api/v1/messages/{message_id}/", headers=stack.headers
+                ).json()
+                if message["status"] in ("complete", "failed", "cancelled"):
+                    pending.discard(message_id)
+            time.sleep(0.5)
+        endings.append(time.monotonic() - restarted)
+    with psycopg.connect(stack.database_url) as db:
+        unsettled = db.execute(
+            "SELECT r.id, r.status FROM agents_agentrun r WHERE NOT EXISTS (SELECT 1 FROM"
+            " agents_ledgerentry e WHERE e.run_id = r.id AND e.kind = 'settle')"
+        ).fetchall()
+        assert unsettled == []  # no reservation left held
+        statuses = [s for (s,) in db.execute("SELECT status FROM agents_agentrun").fetchall()]
+        assert len(statuses) == QUEUED_TRIALS * QUEUED_REPLIES
+    print(f"every run ended within {[round(e, 1) for e in endings]} s of the restart")
