@@ -123,6 +123,9 @@ class E2EServer:
             # The browser tests seed hundreds of messages through the API in seconds; the
             # limits have their own tests (tests/chatproject/test_rate_limits.py).
             RATE_LIMITS="0",
+            # Every user has a monthly budget, so the top bar shows one (test_ui_budget.py); it
+            # is far above what the tests' priced replies spend.
+            BUDGET_MONTHLY="500",
         )
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
