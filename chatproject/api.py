@@ -12,6 +12,8 @@ from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from drf_spectacular.utils import OpenApiParameter, extend_schema_field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions, serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -58,22 +60,27 @@ def error_body(code: str, message: str, fields: dict[str, Any] | None = None) ->
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
 
-def database_unavailable(exc: BaseException) -> Unavailable | None:
-    """The 503 for a database that stopped answering (a restart, a failover): the request's
-    transaction was rolled back, so nothing of it is stored and the client may simply retry.
-    The pool's connection check (settings.DATABASES) keeps a dead connection from being handed
-    out again, so once the database is back the next request succeeds."""
-    if not isinstance(exc, (OperationalError, InterfaceError)):
+def service_unavailable(exc: BaseException) -> Unavailable | None:
+    """The 503 for a database or Redis that stopped answering (a restart, a failover): the
+    request's transaction was rolled back, so nothing of it is stored and the client may simply
+    retry. The pool's connection check (settings.DATABASES) keeps a dead connection from being
+    handed out again, and redis-py connects anew, so once the service is back the next request
+    succeeds."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        part = "database"
+    elif isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        part = "cache"  # the cache, live text and channel layer live in Redis
+    else:
         return None
-    logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+    logger.warning("%s unavailable: %s: %s", part, type(exc).__name__, exc)
     return Unavailable(
-        "The database is not answering; try again shortly.",
+        f"The {part} is not answering; try again shortly.",
         retry_after=settings.DATABASE_RETRY_AFTER_SECONDS,
     )
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    exc = database_unavailable(exc) or exc
+    exc = service_unavailable(exc) or exc
     if isinstance(exc, ApplicationError):
         return Response(
             error_body(exc.code, exc.message, exc.fields),
@@ -206,9 +213,9 @@ ERROR_DESCRIPTIONS = {
     415: "Unsupported media type: the body is not in the content type this operation reads.",
     429: "Too many requests: a rate limit, the caller's reply queue or a budget refuses this "
     "for now (the code says which); `Retry-After` gives the seconds to wait.",
-    503: "Unavailable: the database is not answering (a restart, a failover); nothing of the "
-    "request was stored. Retry after `Retry-After` seconds, with the same client id for a "
-    "create.",
+    503: "Unavailable: the database or Redis is not answering (a restart, a failover); nothing "
+    "of the request was stored. Retry after `Retry-After` seconds, with the same client id "
+    "for a create.",
 }
 
 ADDRESS_RATE_DESCRIPTION = (
@@ -295,7 +302,7 @@ class AutoSchema(SpectacularAutoSchema):
         # any operation may answer 429; the views whose own work is also limited per user (or
         # queued, or budgeted) declare it (too_many_requests_on), and their 429 says so.
         statuses.add(429)
-        statuses.add(503)  # database_unavailable: every operation reads or writes the database
+        statuses.add(503)  # service_unavailable: every operation needs the database
         return sorted(statuses)
 
 

@@ -1,4 +1,4 @@
-"""WhiteNoise, able to sit in Django's async request path; database outages answered as 503."""
+"""WhiteNoise, able to sit in Django's async request path; outages answered as 503."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from whitenoise.middleware import WhiteNoiseMiddleware
 
-from chatproject.api import database_unavailable, error_body
+from chatproject.api import error_body, service_unavailable
 from threads.errors import retry_after_headers
 
 
@@ -46,10 +46,10 @@ class AsyncWhiteNoiseMiddleware(WhiteNoiseMiddleware):
         return await self.get_response(request)
 
 
-class DatabaseUnavailableMiddleware:
-    """A view that meets a database outage answers 503 with Retry-After in the one error shape
-    (chatproject.api.database_unavailable), not a 500: the HTML pages, the SSE and BFF doors and
-    anything else outside DRF's handler. DRF views get the same answer from
+class ServiceUnavailableMiddleware:
+    """A view that meets a database or Redis outage answers 503 with Retry-After in the one
+    error shape (chatproject.api.service_unavailable), not a 500: the HTML pages, the SSE and
+    BFF doors and anything else outside DRF's handler. DRF views get the same answer from
     api_exception_handler. Chat Svc's clients get their own shape there too."""
 
     sync_capable = True
@@ -64,7 +64,7 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
-        unavailable = database_unavailable(exception)
+        unavailable = service_unavailable(exception)
         if unavailable is None:
             return None
         return JsonResponse(

@@ -86,3 +86,20 @@ def test_the_schema_documents_503_with_retry_after() -> None:
     schema = SchemaGenerator().get_schema(request=None, public=True)
     post = schema["paths"]["/api/v1/threads/{thread_id}/messages/"]["post"]
     assert "Retry-After" in post["responses"]["503"]["headers"]
+
+
+@pytest.mark.django_db
+def test_a_redis_outage_is_503_too(cast: Cast, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis holds the cache, the live text and the channel layer: a request that needs it
+    while it restarts is told to come back, as for the database."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    def cache_gone(*args: Any, **kwargs: Any) -> None:
+        raise RedisConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr("threads.apis.MeApi.get", cache_gone)
+    client = Client(headers={"Authorization": f"Bearer {_token(cast)}"})
+    response = client.get("/api/v1/me/")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "2"
+    assert response.json()["error"]["message"] == "The cache is not answering; try again shortly."
