@@ -112,6 +112,6 @@ def test_kill_9_of_a_daphne_mid_reply_its_clients_resume_on_the_other(
     assert_no_reply_left_open(stack.database_url)
     print(
         f"{CLIENTS_ON_A} clients of the killed daphne subscribed again on the other within"
-        f" {[round(w, 2) for w in worst]} s of losing it (worst of each trial); fastest"
+        f" {[round(w, 2) for w in worst]} s of the kill (worst of each trial); fastest"
         f" {[round(min(r), 2) for r in recoveries]} s"
     )
