@@ -270,6 +270,45 @@ def prepare_database(env: dict[str, str], *, provider_model: str) -> str:
     return token
 
 
+def add_models(env: dict[str, str], models: dict[str, str]) -> None:
+    """More token-server models beside `mdl_tokens`, free of charge: {model id: provider model}
+    (`rate-50-n200`, see bench/token_server.py)."""
+    creations = ";".join(
+        f"AIModel.objects.create(id='{model_id}', name='{provider_model}', provider='openai',"
+        f" provider_model='{provider_model}', context_window=4096, max_output_tokens=400,"
+        " available_to_all=True)"
+        for model_id, provider_model in models.items()
+    )
+    _run(["shell", "-c", "from agents.models import AIModel;" + creations], env)
+
+
+def issue_token(env: dict[str, str], username: str) -> str:
+    """A bearer token for `username`, created if new (bob, beside alice)."""
+    return _run(["issue_token", username, "--create"], env).strip()
+
+
+UNFINISHED = ("queued", "streaming")
+
+
+def assert_no_reply_left_open(database_url: str) -> None:
+    """Issue 16's property over every fault scenario: when the scenario is over, no AI message
+    is left `queued` or `streaming` (each is complete, failed or cancelled), and no run is
+    left `queued` or `running`. A scenario calls it last, on its own database."""
+    import psycopg
+
+    with psycopg.connect(database_url) as db:
+        open_messages = db.execute(
+            "SELECT id, status FROM messaging_message WHERE author_id IS NULL"
+            " AND status NOT IN ('complete', 'failed', 'cancelled')"
+        ).fetchall()
+        open_runs = db.execute(
+            "SELECT id, status FROM agents_agentrun"
+            " WHERE status NOT IN ('complete', 'failed', 'cancelled')"
+        ).fetchall()
+    assert open_messages == [], f"AI messages left open: {open_messages}"
+    assert open_runs == [], f"runs left open: {open_runs}"
+
+
 def celery_worker(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     """A real Celery worker process, as deploy runs it (threads pool)."""
     with (logs / f"{name}.log").open("wb") as out:
@@ -320,7 +359,19 @@ class Stack:
 
 
 @pytest.fixture
-def stack(private_redis: PrivateRedis, token_server: str, tmp_path: Path) -> Iterator[Stack]:
+def stack_settings() -> dict[str, str]:
+    """Environment for the stack's processes beyond server_env's; a test module overrides this
+    fixture to change a setting for its own stack (test_flood.py: a longer line per user)."""
+    return {}
+
+
+@pytest.fixture
+def stack(
+    private_redis: PrivateRedis,
+    token_server: str,
+    tmp_path: Path,
+    stack_settings: dict[str, str],
+) -> Iterator[Stack]:
     admin = _admin_connection()
     db_name = f"threadline_fault_{secrets.token_hex(4)}"
     admin.execute(f'CREATE DATABASE "{db_name}"')
@@ -331,6 +382,7 @@ def stack(private_redis: PrivateRedis, token_server: str, tmp_path: Path) -> Ite
         var_dir=tmp_path,
         redis_url=private_redis.url,
     )
+    env.update(stack_settings)
     workers: list[subprocess.Popen[bytes]] = []
     server: Server | None = None
     try:
@@ -360,6 +412,39 @@ def stack(private_redis: PrivateRedis, token_server: str, tmp_path: Path) -> Ite
                 worker.kill()
         admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
         admin.close()
+
+
+@dataclass
+class TwoDaphnes:
+    """The stack's daphne (`a`, which a test may kill) and a second one on the same Redis and
+    database (`b`), as behind a load balancer."""
+
+    stack: Stack
+    b: Server
+    started: int = 0
+
+    @property
+    def a(self) -> Server:
+        return self.stack.server
+
+    def replace_a(self) -> Server:
+        """A new daphne in the place of `a` (after a kill); waits until it answers."""
+        _stop(self.stack.server)
+        self.started += 1
+        server = _start_daphne(f"a{self.started}", self.stack.env, self.stack.logs)
+        self.stack.server = server  # the stack's finaliser stops this one
+        _wait_healthy(server)
+        return server
+
+
+@pytest.fixture
+def two_daphnes(stack: Stack) -> Iterator[TwoDaphnes]:
+    b = _start_daphne("b", stack.env, stack.logs)
+    try:
+        _wait_healthy(b)
+        yield TwoDaphnes(stack=stack, b=b)
+    finally:
+        _stop(b)
 
 
 def stack_workers(workers: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:

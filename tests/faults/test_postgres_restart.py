@@ -20,7 +20,12 @@ import httpx
 import psycopg
 import pytest
 
-from tests.faults.conftest import PrivatePostgres, prepare_database, server_env
+from tests.faults.conftest import (
+    PrivatePostgres,
+    assert_no_reply_left_open,
+    prepare_database,
+    server_env,
+)
 from tests.integration.conftest import Server, _start_daphne, _stop, _wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -120,6 +125,7 @@ def test_posts_through_a_postgres_restart_never_answer_500_and_all_are_stored(
         ).json()
         texts = [m["text"] for m in history["messages"]]
         assert sorted(texts) == sorted(f"trial {trial} post {n}" for n in range(POSTS_PER_TRIAL))
+    assert_no_reply_left_open(app.database_url)
 
 
 def _message(app: App, message_id: str) -> dict[str, Any] | None:
@@ -164,3 +170,4 @@ def test_a_reply_finished_during_an_outage_is_closed_not_generated_again(
                 "SELECT attempts, status FROM agents_agentrun WHERE message_id = %s", [reply_id]
             ).fetchone() or (None, None)
         assert (attempts, status) == (1, "complete")
+    assert_no_reply_left_open(app.database_url)

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import websockets
 
-from tests.faults.conftest import PrivateRedis, Stack
+from tests.faults.conftest import PrivateRedis, Stack, assert_no_reply_left_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -100,6 +100,7 @@ def test_a_redis_restart_mid_reply_loses_neither_the_workers_nor_the_terminal_ev
             " WHERE e.account_id = a.id) FROM agents_account a"
         ).fetchone() or (None, None)
         assert isinstance(balance, Decimal) and balance == ledger
+    assert_no_reply_left_open(stack.database_url)
     print(f"terminal event after each restart: {[round(r, 2) for r in recoveries]} s")
 
 
@@ -160,4 +161,5 @@ def test_a_redis_restart_with_tasks_queued_still_ends_every_accepted_run(
         assert unsettled == []  # no reservation left held
         statuses = [s for (s,) in db.execute("SELECT status FROM agents_agentrun").fetchall()]
         assert len(statuses) == QUEUED_TRIALS * QUEUED_REPLIES
+    assert_no_reply_left_open(stack.database_url)
     print(f"every run ended within {[round(e, 1) for e in endings]} s of the restart")

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import websockets
 
-from tests.faults.conftest import Stack, celery_worker
+from tests.faults.conftest import Stack, assert_no_reply_left_open, celery_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -117,6 +117,7 @@ def test_kill_9_of_the_worker_mid_reply_ends_every_reply_and_charges_once(stack:
         assert isinstance(balance, Decimal) and balance == ledger
     for worker in stack.workers:
         assert isinstance(worker, subprocess.Popen) and worker.poll() is None
+    assert_no_reply_left_open(stack.database_url)
     print(
         "told after the kill (s):",
         [round(t, 2) for t in told],
