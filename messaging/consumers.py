@@ -14,6 +14,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from chatproject.api import service_unavailable
 from chatproject.client_ip import scope_client_ip
 from messaging.streams import Subscription
 from threads import rates
@@ -112,6 +113,11 @@ class EventsConsumer(HubSocket):
             await self._dispatch(frame)
         except ApplicationError as exc:
             await self._error(exc, request=frame)
+        except Exception as exc:
+            unavailable = service_unavailable(exc)  # the database or Redis restarting
+            if unavailable is None:
+                raise
+            await self._error(unavailable, request=frame)
 
     async def _dispatch(self, frame: dict[str, Any]) -> None:
         assert self.subscription is not None  # noqa: S101 - set before any frame is read

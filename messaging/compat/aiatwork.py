@@ -46,7 +46,7 @@ from agents.models import AIModel
 from agents.selectors import balance_of, model_for_legacy_request, models_for_user
 from agents.services import conversation
 from agents.services.conversation import Posted
-from chatproject.api import api_exception_handler, request_user
+from chatproject.api import api_exception_handler, request_user, service_unavailable
 from messaging.compat.common import ReplyListener
 from messaging.consumers import HubSocket
 from messaging.uploads import upload_limit_install
@@ -238,7 +238,11 @@ class AIAtWorkConsumer(HubSocket):
             await self._dispatch(frame)
         except (FrameError, ApplicationError) as exc:
             await self._error(exc.message if isinstance(exc, ApplicationError) else str(exc))
-        except Exception:
+        except Exception as exc:
+            unavailable = service_unavailable(exc)  # the database or Redis restarting
+            if unavailable is not None:
+                await self._error(unavailable.message)
+                return
             logger.exception("AI-at-Work frame failed")
             await self._error("Internal error.")
 

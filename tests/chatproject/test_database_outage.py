@@ -103,3 +103,43 @@ def test_a_redis_outage_is_503_too(cast: Cast, monkeypatch: pytest.MonkeyPatch) 
     assert response.status_code == 503
     assert response["Retry-After"] == "2"
     assert response.json()["error"]["message"] == "The cache is not answering; try again shortly."
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_socket_frame_during_an_outage_gets_an_error_frame_not_a_dropped_socket(
+    cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The native socket answers the frame with the 503's error frame (code `unavailable`,
+    `retryAfter`) and stays open; AI-at-Work's answers in its own error frame."""
+    import json
+
+    from asgiref.sync import sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from chatproject.asgi import application
+
+    async def gone(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("the connection is lost")
+
+    monkeypatch.setattr("messaging.streams.Subscription.subscribe", gone)
+    monkeypatch.setattr("messaging.compat.aiatwork.AIAtWorkConsumer._dispatch", gone)
+    token = await sync_to_async(_token)(cast)
+    native = WebsocketCommunicator(
+        application, "/ws/v1/events/", headers=[(b"authorization", f"Bearer {token}".encode())]
+    )
+    assert (await native.connect(timeout=5))[0]
+    await native.send_json_to({"action": "subscribe", "threadId": cast.thread.pk})
+    frame = await native.receive_json_from(timeout=5)
+    assert frame["type"] == "error"
+    assert frame["error"]["code"] == "unavailable" and frame["error"]["retryAfter"] == 2
+    await native.send_json_to({"action": "ping", "ref": "still here"})
+    assert await native.receive_json_from(timeout=5) == {"type": "pong", "ref": "still here"}
+    await native.disconnect()
+
+    legacy = WebsocketCommunicator(application, f"/ws?token={token}")
+    assert (await legacy.connect(timeout=5))[0]
+    await legacy.send_to(text_data=json.dumps({"type": 3, "data": {}}))
+    assert await legacy.receive_json_from(timeout=5) == {
+        "error": "The database is not answering; try again shortly."
+    }
+    await legacy.disconnect()
