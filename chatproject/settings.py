@@ -400,10 +400,17 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BODY_KB", 1024, minimum=64) *
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = None
 
+# The default model: the bundled one (local), or with `openai` the model LLM_MODEL at the
+# OpenAI-compatible server LLM_BASE_URL, made the catalog's default on migrate
+# (agents.env_model). Catalog entries with provider openai use the same server.
 LLM_PROVIDER = env_choice("LLM_PROVIDER", "local", ("local", "openai"))
 LLM_BASE_URL = env_str("LLM_BASE_URL")
 LLM_API_KEY = env_secret("LLM_API_KEY")
 LLM_MODEL = env_str("LLM_MODEL")
+LLM_CONTEXT_WINDOW = env_int("LLM_CONTEXT_WINDOW", 8192, minimum=256)
+LLM_MAX_OUTPUT_TOKENS = env_int("LLM_MAX_OUTPUT_TOKENS", 1024, minimum=16)
+if LLM_PROVIDER == "openai" and not LLM_MODEL:
+    raise ImproperlyConfigured("LLM_PROVIDER=openai needs LLM_MODEL: the model to ask")
 AGENT_MODE = env_choice("AGENT_MODE", "auto", ("auto", "crew", "core"))
 LLM_TIMEOUT_SECONDS = env_int("LLM_TIMEOUT_SECONDS", 60, minimum=1)
 # The external agent behind models whose provider is grpc_agent (AI-at-Work's AIService.Process):
@@ -436,6 +443,12 @@ RUN_STALE_SECONDS = env_int("RUN_STALE_SECONDS", 5, minimum=2)
 # broker restart without persistence loses its queue), and failed, its reservation released,
 # if it waits that long once more: longer than a reply waits for a worker on a busy deployment.
 QUEUED_STALE_SECONDS = env_int("QUEUED_STALE_SECONDS", 120, minimum=5)
+# Upkeep after a reply (agents.housekeeping): a title for a thread still called "New chat", and
+# the rolling summary of turns older than the context; each one more model call, not charged.
+# A call that failed is not tried again for the thread for UPKEEP_RETRY_SECONDS.
+TITLE_GENERATION = env_bool("TITLE_GENERATION", True)
+SUMMARY_GENERATION = env_bool("SUMMARY_GENERATION", True)
+UPKEEP_RETRY_SECONDS = env_int("UPKEEP_RETRY_SECONDS", 3600, minimum=0)
 RUN_TIME_LIMIT_SECONDS = env_int("RUN_TIME_LIMIT_SECONDS", 300, minimum=10)
 
 # Workers that outlive their broker's restart (docs/reliability.md): reconnect for as long as it
