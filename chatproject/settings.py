@@ -205,7 +205,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # Turns a view's database OperationalError into 503 + Retry-After (chatproject.api).
+    # Turns a view's database or Redis outage into 503 + Retry-After (chatproject.api).
     "chatproject.middleware.ServiceUnavailableMiddleware",
     # Last, as django-axes asks: it turns a login refused for too many failures into the 429
     # page (chatproject.web.login_locked) after the login view has run.
