@@ -103,10 +103,9 @@ def main() -> None:
     from rest_framework.test import APIClient
 
     import agents.llm as llm
-    import messaging.apis as apis
     from agents import context
     from agents.models import AIModel
-    from agents.services import replies, runs, streaming
+    from agents.services import conversation, replies, runs, streaming
     from agents.tasks import run_agent
     from messaging import events
     from messaging import services as messaging_services
@@ -143,10 +142,11 @@ def main() -> None:
 
         setattr(owner, name, wrapper)
 
-    timed(apis, "access_thread", "post: access_thread")
-    timed(apis, "model_for_request", "post: model_for_request")
+    # The post's phases as agents.services.conversation (which every door calls) reaches them.
+    timed(conversation, "access_thread", "post: access_thread")
+    timed(conversation, "model_for_request", "post: model_for_request")
     timed(messaging_services, "message_post", "post: message_post")
-    timed(apis, "reply_request", "post: reply_request (incl. its message_post)")
+    timed(conversation, "reply_request", "post: reply_request (incl. its message_post)")
     timed(replies, "enqueue", "post: on commit, task published")
     timed(runs, "claim", "worker: claim")
     timed(context, "build", "worker: context.build")
@@ -271,6 +271,9 @@ def main() -> None:
         print(
             f"queries: the POST {pct(post_queries, 50):.0f}, run_execute {pct(worker_queries, 50):.0f}"
         )
+        dump = Path(tempfile.gettempdir()) / "reply_path.pstats"
+        stats.dump_stats(dump)
+        print(f"profile written to {dump} (python -m pstats)")
         stats.sort_stats("tottime").print_stats(30)
         stats.sort_stats("cumulative").print_stats(40)
         redis.Redis.from_url(REDIS).flushdb()
