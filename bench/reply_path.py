@@ -10,6 +10,13 @@ does it. The Celery hop and the socket delivery are not in here (bench/streaming
 to end figure).
 
     python bench/reply_path.py [--trials N]
+    python bench/reply_path.py --profile N   # where the CPU of N ordinary replies goes
+
+`--profile` replaces the instant provider with one that streams 64 pieces at the bundled
+model's pace (about 45 a second) and runs cProfile on every thread that works on the replies
+(the request, the worker, its pacer; the publisher thread's CPU is read from the scheduler), each
+profile timing its own thread's CPU; it prints the CPU per reply by package and the top
+functions, and writes nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +39,34 @@ from bench.common import machine_line, pct, pg_recreate, setup_django, table, wr
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 
 
+class _Paced:
+    """A provider that streams 64 pieces at the bundled model's pace: the worker's per-token
+    work (batching, publishing, saving the partial text) happens as it does in production."""
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 3 + 1
+
+    def stream(self, *, messages: Any, max_tokens: int, completion: Any) -> Iterator[str]:
+        completion.usage.prompt_tokens = 10
+        for _ in range(64):
+            time.sleep(0.022)
+            completion.usage.completion_tokens += 1
+            yield " word"
+
+
+def _package(filename: str) -> str:
+    """The package a profiled function belongs to, for the breakdown."""
+    if filename.startswith("~") or filename.startswith("<"):
+        return "builtins (C)"
+    parts = Path(filename).parts
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].removesuffix(".py")
+    if str(Path(filename)).startswith(str(Path(__file__).resolve().parent.parent)):
+        rel = Path(filename).resolve().relative_to(Path(__file__).resolve().parent.parent)
+        return "threadline: " + (rel.parts[0] if len(rel.parts) > 1 else rel.name)
+    return "python stdlib"
+
+
 class _Instant:
     """A provider that answers one piece at once: the model's own time is not ours."""
 
@@ -50,7 +85,10 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=0, help="messages in the thread first")
     parser.add_argument("--queries", action="store_true", help="print one trial's SQL")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--profile", type=int, help="profile this many ordinary replies")
     args = parser.parse_args()
+    if args.profile:
+        args.trials = args.profile
 
     os.environ["REDIS_URL"] = REDIS
     os.environ["CELERY_BROKER_URL"] = REDIS
@@ -65,10 +103,9 @@ def main() -> None:
     from rest_framework.test import APIClient
 
     import agents.llm as llm
-    import messaging.apis as apis
     from agents import context
     from agents.models import AIModel
-    from agents.services import replies, runs, streaming
+    from agents.services import conversation, replies, runs, streaming
     from agents.tasks import run_agent
     from messaging import events
     from messaging import services as messaging_services
@@ -105,14 +142,15 @@ def main() -> None:
 
         setattr(owner, name, wrapper)
 
-    timed(apis, "access_thread", "post: access_thread")
-    timed(apis, "model_for_request", "post: model_for_request")
+    # The post's phases as agents.services.conversation (which every door calls) reaches them.
+    timed(conversation, "access_thread", "post: access_thread")
+    timed(conversation, "model_for_request", "post: model_for_request")
     timed(messaging_services, "message_post", "post: message_post")
-    timed(apis, "reply_request", "post: reply_request (incl. its message_post)")
+    timed(conversation, "reply_request", "post: reply_request (incl. its message_post)")
     timed(replies, "enqueue", "post: on commit, task published")
     timed(runs, "claim", "worker: claim")
     timed(context, "build", "worker: context.build")
-    llm.get_provider = lambda model: _Instant()
+    llm.get_provider = lambda model: _Paced() if args.profile else _Instant()
 
     # The worker runs on a thread of its own, from the moment the task is published (on
     # commit).
@@ -155,9 +193,38 @@ def main() -> None:
         thread_for_history, _ = messaging_services.thread_create(creator=user, title="long")
         for i in range(args.history):
             messaging_services.message_post(thread=thread_for_history, author=user, text=f"n {i}")
+    import cProfile
+    import pstats
+
+    profiles: list[cProfile.Profile] = []
+
+    def profile_thread(*_: Any) -> None:
+        # The first event in a new thread: hand the thread to a profile of its own, which
+        # times that thread's CPU only.
+        sys.setprofile(None)
+        profile = cProfile.Profile(time.thread_time)
+        profiles.append(profile)
+        profile.enable()
+
+    main_profile = cProfile.Profile(time.thread_time)
+    publisher_cpu: list[float] = []
+
+    def publisher_seconds() -> float:
+        state = sys.modules["messaging.events.publish"]._publisher_state.get("publisher")
+        native = getattr(getattr(state, "thread", None), "native_id", None)
+        if native is None:
+            return 0.0
+        stat = Path(f"/proc/self/task/{native}/schedstat").read_text().split()
+        return int(stat[0]) / 1e9
+
     for trial in range(args.trials + 5):
+        if args.profile and trial == 5:
+            threading.setprofile(profile_thread)
+            publisher_cpu.append(publisher_seconds())
         thread = thread_for_history or messaging_services.thread_create(creator=user, title="p")[0]
         with CaptureQueriesContext(connection) as post_ctx:
+            if args.profile and trial >= 5:
+                main_profile.enable()
             began = time.perf_counter()
             response = client.post(
                 f"/api/v1/threads/{thread.pk}/messages/",
@@ -165,6 +232,7 @@ def main() -> None:
                 format="json",
             )
             elapsed = (time.perf_counter() - began) * 1000
+            main_profile.disable()
         assert response.status_code == 201, response.content
         if args.queries and trial == 5:
             print("\n".join(q["sql"][:160] for q in post_ctx.captured_queries))
@@ -181,6 +249,35 @@ def main() -> None:
             continue
         post_ms.append(elapsed)
         post_queries.append(len(post_ctx.captured_queries))
+
+    if args.profile:
+        threading.setprofile(None)
+        publisher_cpu.append(publisher_seconds())
+        stats = pstats.Stats(main_profile)
+        for profile in profiles:
+            profile.disable()
+            stats.add(profile)
+        by_package: dict[str, float] = defaultdict(float)
+        for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+            by_package[_package(filename)] += tottime
+        total = sum(by_package.values())
+        publisher_ms = (publisher_cpu[1] - publisher_cpu[0]) * 1000 / args.trials
+        print(f"{args.trials} replies of 64 pieces, {len(profiles)} threads profiled besides the")
+        print("request's; CPU ms per reply by package (own time, cProfile's overhead included):")
+        for package, seconds in sorted(by_package.items(), key=lambda kv: -kv[1]):
+            print(f"  {package:40s} {seconds * 1000 / args.trials:7.2f}")
+        print(f"  {'total (profiled threads)':40s} {total * 1000 / args.trials:7.2f}")
+        print(f"  {'publisher thread (scheduler)':40s} {publisher_ms:7.2f}")
+        print(
+            f"queries: the POST {pct(post_queries, 50):.0f}, run_execute {pct(worker_queries, 50):.0f}"
+        )
+        dump = Path(tempfile.gettempdir()) / "reply_path.pstats"
+        stats.dump_stats(dump)
+        print(f"profile written to {dump} (python -m pstats)")
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(40)
+        redis.Redis.from_url(REDIS).flushdb()
+        return
 
     rows: list[list[object]] = [
         ["post: whole request (test client)", pct(post_ms, 50), pct(post_ms, 99)]
