@@ -174,9 +174,9 @@ def summary_refresh(*, run: AgentRun, provider: Provider) -> ThreadSummary | Non
     """Fold the turns older than the context window into the summary once they outgrow
     SUMMARY_TRIGGER_TOKENS, as many as one call to the model can take."""
     thread = run.thread
-    current = ThreadSummary.objects.filter(thread=thread).first()
     if _skipped("summary", run, settings.SUMMARY_GENERATION):
-        return current
+        return None  # nothing is read when nothing will be written
+    current = ThreadSummary.objects.filter(thread=thread).first()
     after = current.upto_seq if current else 0
     window_start = (
         Message.objects.filter(thread=thread, status=Message.Status.COMPLETE)
