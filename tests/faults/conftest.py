@@ -385,31 +385,36 @@ def stack(
     env.update(stack_settings)
     workers: list[subprocess.Popen[bytes]] = []
     server: Server | None = None
+    stack: Stack | None = None
     try:
         token = prepare_database(env, provider_model="rate-50-n100")
         workers = [celery_worker(f"worker-{n}", env, tmp_path) for n in (1, 2)]
         server = _start_daphne("redis", env, tmp_path)
         _wait_healthy(server)
         time.sleep(3)  # the workers connect to the broker and start consuming
-        yield Stack(
+        stack = Stack(
             server=server,
-            workers=workers,
+            workers=list(workers),
             worker_names=["worker-1", "worker-2"],
             env=env,
             token=token,
             database_url=database_url,
             logs=tmp_path,
         )
+        yield stack
     finally:
         if server is not None:
             _stop(server)
-        for worker in stack_workers(workers):
+        # The first workers and whatever the test replaced them with.
+        started = workers + (stack.workers if stack is not None else [])
+        for worker in stack_workers(started):
             worker.terminate()
-        for worker in stack_workers(workers):
+        for worker in stack_workers(started):
             try:
                 worker.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 worker.kill()
+                worker.wait(timeout=15)
         admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
         admin.close()
 
